@@ -1,0 +1,278 @@
+"""Configuration: frozen pydantic models. Validation only, no side effects.
+
+``Settings`` is the root; it reads a YAML/TOML file (``Settings.load(path)``)
+and environment variables prefixed ``STREAM_AE_`` with ``__`` between levels,
+e.g. ``STREAM_AE_KAFKA__BOOTSTRAP_SERVERS=broker:9092`` or
+``STREAM_AE_ENGINE__THRESHOLD__Q=0.999``. Environment wins over the file.
+
+>>> s = Settings()
+>>> (s.engine.threshold.mode, s.kafka.guarantee)
+('quantile', 'exactly_once')
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import tomllib
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from stream_ae.errors import ConfigError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --------------------------------------------------------------------------- engine
+class FeaturesConfig(_Frozen):
+    """Which fields are features and how they become model inputs."""
+
+    names: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Feature field names in model order. Empty: taken from the first valid record "
+        "(JSON object keys in order, minus key/timestamp/label fields).",
+    )
+    lags: int = Field(default=0, ge=0, le=64, description="Previous readings of the same key "
+                      "concatenated to each record (shingle length minus one).")
+    diffs: bool = Field(default=False, description="Append first differences per key.")
+    missing: Literal["reject", "ffill"] = Field(
+        default="reject",
+        description="NaN/inf/missing values: reject the record (dead letter) or carry the key's "
+        "last value forward.",
+    )
+    max_keys: int = Field(default=100_000, ge=1, description="Per-key lag buffers kept (LRU).")
+
+    @field_validator("names", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                return tuple(json.loads(v))
+            return tuple(x.strip() for x in v.split(",") if x.strip())
+        return v
+
+
+class ModelConfig(_Frozen):
+    """The autoencoder: an MLP d -> hidden... -> bottleneck -> ...hidden -> d."""
+
+    hidden: tuple[int, ...] = (32, 16)
+    bottleneck: int = Field(default=4, ge=1)
+    activation: Literal["relu", "tanh", "gelu", "elu", "silu"] = "tanh"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    lr: float = Field(default=1e-3, gt=0.0)
+    seed: int = 0
+
+
+class TrainingConfig(_Frozen):
+    """Sliding mini-batches, warm-up and the training gate."""
+
+    stride: int = Field(default=512, ge=1, description="Records scored between two learning steps.")
+    window: int = Field(default=2048, ge=1, description="Replay buffer of recent gated (normal) "
+                        "records each learning step trains on.")
+    steps_per_stride: int = Field(default=1, ge=1, description="Optimizer steps per learning step.")
+    batch_size: int = Field(default=2048, ge=1, description="Rows per optimizer step (sampled "
+                            "from the window when smaller than it).")
+    warmup: int = Field(default=1000, ge=0, description="Records at the start that are never "
+                        "flagged; the scaler, model and threshold are fitted on them.")
+    warmup_epochs: int = Field(default=50, ge=0, description="Epochs over the warm-up records "
+                               "when warm-up ends.")
+    gate: Literal["threshold", "none"] = Field(default="threshold", description="'threshold': "
+                                               "flagged records never train the model.")
+    clip_quantile: float = Field(default=0.9, gt=0.0, le=1.0, description="Records that pass "
+                                 "the gate but score above this quantile of the threshold window "
+                                 "are down-weighted to it (Huber-like cap on their influence).")
+
+
+class ThresholdConfig(_Frozen):
+    """Rolling threshold on the scores of recent non-warm-up records."""
+
+    mode: Literal["quantile", "mean_std"] = "quantile"
+    q: float = Field(default=0.995, gt=0.0, lt=1.0)
+    window: int = Field(default=10_000, ge=10)
+    k: float = Field(default=3.0, gt=0.0, description="mean_std mode: mean + k * sd.")
+    multiplier: float = Field(default=1.0, gt=0.0)
+    floor: float = Field(default=0.0, ge=0.0)
+
+
+class DriftConfig(_Frozen):
+    """River drift detector on the score stream, and what to do when it fires."""
+
+    detector: Literal["adwin", "page_hinkley", "kswin", "none"] = "adwin"
+    delta: float = Field(default=0.002, gt=0.0, description="ADWIN delta / PH threshold scale.")
+    lr_boost: float = Field(default=5.0, ge=1.0, description="Learning-rate factor after drift.")
+    boost_steps: int = Field(default=20, ge=0, description="Learning steps the boost lasts.")
+    rewarm_threshold: bool = Field(default=True, description="Restart the threshold window "
+                                   "from the records after the drift.")
+
+
+class RegimeConfig(_Frozen):
+    """Sustained-alarm policy: a long alarm run is a regime change, not an endless anomaly."""
+
+    enabled: bool = True
+    max_alarm_fraction: float = Field(default=0.6, gt=0.0, le=1.0, description="Fraction of "
+                                      "flagged records in the last `run_length` that triggers it.")
+    run_length: int = Field(default=2000, ge=1, description="Records the fraction is taken over.")
+    relearn_steps: int = Field(default=50, ge=0)
+
+
+class EngineConfig(_Frozen):
+    """Everything the pure engine needs."""
+
+    features: FeaturesConfig = FeaturesConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    threshold: ThresholdConfig = ThresholdConfig()
+    drift: DriftConfig = DriftConfig()
+    regime: RegimeConfig = RegimeConfig()
+
+
+# --------------------------------------------------------------------------- I/O
+class RecordFormat(_Frozen):
+    """How a JSON message maps to a record."""
+
+    key_field: str = Field(default="key", description="Sensor key field; the Kafka message key "
+                           "is used when the field is absent.")
+    timestamp_field: str = Field(default="ts", description="Event time (epoch seconds/ms or "
+                                 "ISO-8601); the Kafka timestamp is used when absent.")
+    label_field: str | None = Field(default=None, description="Optional 0/1 label field.")
+    max_message_bytes: int = Field(default=1_000_000, ge=64)
+
+
+class KafkaConfig(_Frozen):
+    """Kafka connection, topics and delivery guarantee."""
+
+    bootstrap_servers: str = "localhost:9092"
+    group_id: str = "stream-ae"
+    input_topics: Annotated[tuple[str, ...], NoDecode] = ("sensors",)
+    alerts_topic: str = "sensor-alerts"
+    dead_letter_topic: str = "sensor-dead-letters"
+    events_topic: str | None = Field(default="sensor-events", description="Drift/regime events; "
+                                     "null disables them.")
+    guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    transactional_id: str | None = Field(default=None, description="Stable per instance; default "
+                                         "'<group_id>-<hostname>'.")
+    session_timeout_ms: int = 10_000
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    extra: dict[str, str] = Field(default_factory=dict, description="Any other librdkafka "
+                                  "setting, passed through.")
+
+    @field_validator("input_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(x.strip() for x in v.split(",") if x.strip())
+        return v
+
+
+class BatchingConfig(_Frozen):
+    """Mini-batches across polls, with a latency bound."""
+
+    max_records: int = Field(default=4096, ge=1)
+    max_wait_ms: int = Field(default=200, ge=1)
+
+
+class CheckpointConfig(_Frozen):
+    """Periodic atomic snapshots of every partition's engine and position."""
+
+    directory: pathlib.Path = pathlib.Path("checkpoints")
+    interval_s: float = Field(default=60.0, gt=0.0)
+    interval_records: int = Field(default=100_000, ge=1)
+    keep: int = Field(default=3, ge=1)
+
+
+class MetricsConfig(_Frozen):
+    """The HTTP endpoint with /metrics, /healthz, /readyz."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)
+
+
+class LogConfig(_Frozen):
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+# --------------------------------------------------------------------------- root
+class Settings(BaseSettings):
+    """The effective configuration: defaults < config file < environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAM_AE_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    engine: EngineConfig = EngineConfig()
+    record: RecordFormat = RecordFormat()
+    kafka: KafkaConfig = KafkaConfig()
+    batching: BatchingConfig = BatchingConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    log: LogConfig = LogConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        t = self.engine.training
+        if t.batch_size > t.window:
+            raise ValueError("engine.training.batch_size must be <= engine.training.window")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # environment beats values given at init (the file), as operators expect
+        return (env_settings, init_settings, file_secret_settings)
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path | None = None, **overrides: Any) -> Settings:
+        """Read a YAML or TOML file (optional), then the environment.
+
+        Raises ``ConfigError`` with every validation problem listed.
+        """
+        data: dict[str, Any] = read_config_file(path) if path else {}
+        _deep_update(data, overrides)
+        try:
+            return cls(**data)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+
+def read_config_file(path: str | pathlib.Path) -> dict[str, Any]:
+    p = pathlib.Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc}") from exc
+    try:
+        data = tomllib.loads(text) if p.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot parse config file {p}: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return data
+
+
+def _deep_update(base: dict[str, Any], upd: dict[str, Any]) -> None:
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v

@@ -1,0 +1,63 @@
+"""The exception tree of stream_ae.
+
+::
+
+    StreamAEError
+    ├── ConfigError            invalid or inconsistent configuration
+    ├── DecodeError            a message that cannot become a record (carries ``reason``)
+    ├── SnapshotError          a snapshot/checkpoint that cannot be read or does not fit
+    │   └── CheckpointNotFound no usable checkpoint in the store
+    ├── SourceError            the input side failed (wraps confluent_kafka / file errors)
+    ├── SinkError              the output side failed (wraps confluent_kafka errors)
+    │   └── FencedError        a newer instance owns our transactional id: stop at once
+    └── BrokerError            the embedded test/demo broker could not be started
+
+Adapters translate library errors at the edge with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class StreamAEError(Exception):
+    """Root of every error raised on purpose by stream_ae."""
+
+
+class ConfigError(StreamAEError):
+    """Invalid or inconsistent configuration."""
+
+
+class DecodeError(StreamAEError):
+    """A message that cannot become a record.
+
+    ``reason`` is a short machine-readable code (e.g. ``"invalid_json"``,
+    ``"missing_feature"``, ``"non_finite"``) and ``detail`` a human sentence.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class SnapshotError(StreamAEError):
+    """A snapshot or checkpoint that cannot be read, or that does not fit the config."""
+
+
+class CheckpointNotFound(SnapshotError):
+    """No usable checkpoint in the store."""
+
+
+class SourceError(StreamAEError):
+    """The input side failed."""
+
+
+class SinkError(StreamAEError):
+    """The output side failed."""
+
+
+class FencedError(SinkError):
+    """A newer instance owns our transactional id; this one must stop."""
+
+
+class BrokerError(StreamAEError):
+    """The embedded Kafka-protocol broker could not be started or reached."""

@@ -1,0 +1,208 @@
+"""The values that flow through stream_ae, in data-flow order.
+
+``RawMessage`` (bytes from a source) -> ``SensorRecord`` (validated, one reading)
+-> ``Batch`` (columnar numpy, what the engine eats) -> ``StepResult`` (what the
+engine decided) -> ``Alert`` / ``DeadLetter`` / ``DriftEvent`` (what sinks publish).
+
+All are frozen; numpy arrays inside are owned by the value and never mutated.
+Wire formats (JSON schemas for subscribers) live in :mod:`stream_ae.schema`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Bool = npt.NDArray[np.bool_]
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePosition:
+    """Where a record came from. ``offset`` is the record's own offset (or line/row number)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One undecoded message as a source delivers it."""
+
+    value: bytes | None
+    key: bytes | None = None
+    headers: Headers = ()
+    timestamp_ms: int | None = None
+    position: SourcePosition = SourcePosition("", 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class SensorRecord:
+    """One validated reading: a key, an event time, feature values in config order, a label.
+
+    ``values`` may hold NaN only where the missing-value policy is ``ffill``;
+    the engine's feature stage fills or rejects them before the model.
+    """
+
+    key: str
+    timestamp: float  # event time, seconds since the epoch; NaN when unknown
+    values: tuple[float, ...]
+    label: int | None = None
+    position: SourcePosition | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A columnar block of records for the engine, in arrival order.
+
+    ``values`` is float32 of shape (n, d) with columns in ``EngineConfig``
+    feature order; ``timestamps`` float64 seconds (NaN when unknown);
+    ``labels`` -1 where unknown.
+    """
+
+    keys: tuple[str, ...]
+    timestamps: F64
+    values: F32
+    labels: I64 | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def from_records(cls, records: Sequence[SensorRecord], n_features: int) -> Batch:
+        """Stack records into a batch.
+
+        >>> b = Batch.from_records([SensorRecord("a", 1.0, (1.0, 2.0))], 2)
+        >>> (len(b), b.values.dtype.name, b.values.shape)
+        (1, 'float32', (1, 2))
+        """
+        n = len(records)
+        values = np.empty((n, n_features), dtype=np.float32)
+        for i, r in enumerate(records):
+            values[i] = r.values
+        labels = None
+        if any(r.label is not None for r in records):
+            labels = np.array([-1 if r.label is None else r.label for r in records], dtype=np.int64)
+        return cls(
+            keys=tuple(r.key for r in records),
+            timestamps=np.array([r.timestamp for r in records], dtype=np.float64),
+            values=values,
+            labels=labels,
+        )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        values: npt.ArrayLike,
+        keys: Sequence[str] | None = None,
+        timestamps: npt.ArrayLike | None = None,
+        labels: npt.ArrayLike | None = None,
+    ) -> Batch:
+        """Build a batch from arrays; missing keys default to ``""``, timestamps to NaN.
+
+        >>> Batch.from_arrays([[1.0, 2.0], [3.0, 4.0]]).keys
+        ('', '')
+        """
+        v = np.ascontiguousarray(np.asarray(values, dtype=np.float32))
+        if v.ndim != 2:
+            raise ValueError(f"values must be 2-D, got shape {v.shape}")
+        n = v.shape[0]
+        ts = (
+            np.full(n, np.nan, dtype=np.float64)
+            if timestamps is None
+            else np.asarray(timestamps, dtype=np.float64)
+        )
+        lab = None if labels is None else np.asarray(labels, dtype=np.int64)
+        return cls(keys=tuple(keys) if keys is not None else ("",) * n, timestamps=ts, values=v, labels=lab)
+
+    def slice(self, start: int, stop: int) -> Batch:
+        """Rows ``start:stop`` as a new batch (views, no copy)."""
+        return Batch(
+            keys=self.keys[start:stop],
+            timestamps=self.timestamps[start:stop],
+            values=self.values[start:stop],
+            labels=None if self.labels is None else self.labels[start:stop],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DriftEvent:
+    """The drift monitor (or the sustained-alarm policy) decided that normal behaviour changed.
+
+    ``kind`` is ``"drift"`` (river detector on the score stream) or
+    ``"regime_change"`` (a sustained alarm run was re-learned as the new normal).
+    ``record_index`` counts records seen by the engine since it was created.
+    """
+
+    kind: str
+    detector: str
+    record_index: int
+    batch_index: int  # row in the batch passed to Engine.step
+    timestamp: float
+    level_before: float
+    level_after: float
+    action: str
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What ``Engine.step`` decided for each row of the batch, in batch order.
+
+    Rows rejected by the feature stage (non-finite values under the ``reject``
+    policy, or ``ffill`` with nothing to carry forward) have NaN score, are not
+    anomalies and are listed in ``rejected`` as ``(row, reason)``.
+    """
+
+    scores: F64
+    thresholds: F64
+    is_anomaly: Bool
+    warmup: Bool
+    feature_errors: F32  # (n, len(feature_names)) squared error per model input column
+    feature_names: tuple[str, ...]
+    drift_events: tuple[DriftEvent, ...] = ()
+    rejected: tuple[tuple[int, str], ...] = ()
+    model_version: int = 0
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def top_features(self, row: int, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` model inputs with the largest reconstruction error for ``row``."""
+        err = self.feature_errors[row]
+        order = np.argsort(-err, kind="stable")[:k]
+        return [(self.feature_names[j], float(err[j])) for j in order]
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """A flagged record, ready for the alerts sink (the wire model is ``schema.AlertMessage``)."""
+
+    alert_id: str
+    key: str
+    timestamp: float
+    features: Mapping[str, float]
+    score: float
+    threshold: float
+    top_features: tuple[tuple[str, float], ...]
+    model_version: int
+    position: SourcePosition | None = None
+    drift_recent: bool = False
+    detected_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not become a scored record, with the reason."""
+
+    reason: str
+    detail: str
+    original: RawMessage
+    extra: Mapping[str, str] = field(default_factory=dict)

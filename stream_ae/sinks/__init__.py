@@ -1,0 +1,1 @@
+"""Sinks: where alerts, dead letters and events go (Kafka topics, memory, files)."""

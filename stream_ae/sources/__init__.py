@@ -1,0 +1,1 @@
+"""Sources: where raw messages come from (Kafka topics, files, historical topics)."""
