@@ -22,8 +22,8 @@ from types import TracebackType
 from typing import IO
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException, NewTopic
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from stream_ae.errors import BrokerError
 
