@@ -46,8 +46,8 @@ Settings come from three layers; a later layer wins:
 3. environment variables: `STREAM_AE_` + the dotted path in upper case with `__` between
    levels, e.g. `engine.threshold.q` is `STREAM_AE_ENGINE__THRESHOLD__Q`.
 
-In the environment, list settings (`kafka.input_topics`, `engine.features.names`) take a
-comma-separated string (`a,b,c`) or a JSON list; mappings (`kafka.extra`) take a JSON object.
+In the environment, `kafka.input_topics` and `engine.features.names` take a comma-separated
+string (`a,b,c`); other lists and mappings take JSON (`[32, 16]`, `{"linger.ms": "5"}`).
 `stream-ae config show --config FILE` prints the effective configuration.
 Invalid values stop the program with a `ConfigError` that names the field.
 See `deploy/config.example.yaml` for a documented production example.
