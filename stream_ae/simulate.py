@@ -1,0 +1,248 @@
+"""A sensor simulator with known anomalies and one known drift, for demos, samples and tests.
+
+Each device has sensors driven by two shared latent factors (a daily cycle plus a
+slow AR(1) load), so its sensors are correlated; each reading adds Gaussian noise.
+After ``anomalies_after`` seconds of event time it injects
+
+* point anomalies: one record with a 5-9 sd spike on one sensor (``label`` 1);
+* collective anomalies: a run of records where one sensor is stuck at its last
+  value (the correlation with the others breaks; every record of the run has
+  ``label`` 1);
+
+and at ``drift_at`` the normal behaviour of every device changes for good (offsets
+move and one sensor's loadings rotate). The drift is *not* labelled: it is a new
+normal the detector should adapt to.
+
+Random draws come from one generator per purpose, each drawing a fixed amount per
+step, so the output does not depend on how steps are split into blocks.
+
+>>> sim = SensorSimulator(SimulationConfig(devices=2, seed=1))
+>>> block = sim.step(3)
+>>> (len(block), block.keys[:2], block.values.shape)
+(6, ('dev-00', 'dev-01'), (6, 6))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+import pandas as pd
+
+from stream_ae.records import F32, F64, I64, Bool
+
+SENSOR_NAMES = ("temperature", "pressure", "vibration", "current", "flow", "humidity")
+_FACTORS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationConfig:
+    """What to simulate.
+
+    Parameters
+    ----------
+    devices, sensors
+        Devices (record keys) and sensors (features) per device.
+    interval_s
+        Event-time seconds between two readings of a device.
+    day_s
+        Period of the daily cycle in event-time seconds (shorten it for quick demos).
+    noise
+        Noise standard deviation, in units of the sensors' typical spread.
+    point_rate
+        Probability that a record (after ``anomalies_after``) is a point anomaly.
+    collective_rate
+        Probability per device and step that a collective anomaly starts.
+    collective_len
+        Shortest and longest run of a collective anomaly, in steps.
+    anomalies_after
+        Event seconds from the start before any anomaly (leave the warm-up clean).
+    drift_at
+        Event seconds from the start when normal behaviour changes; ``None``: never.
+    start
+        Epoch seconds of the first reading.
+    seed
+        Seed of every random draw.
+    """
+
+    devices: int = 4
+    sensors: int = 6
+    interval_s: float = 1.0
+    day_s: float = 86_400.0
+    noise: float = 0.05
+    point_rate: float = 0.002
+    collective_rate: float = 0.0005
+    collective_len: tuple[int, int] = (20, 60)
+    anomalies_after: float = 600.0
+    drift_at: float | None = None
+    start: float = 1_735_689_600.0  # 2025-01-01T00:00:00Z
+    seed: int = 0
+
+    @property
+    def sensor_names(self) -> tuple[str, ...]:
+        extra = tuple(f"sensor_{i}" for i in range(len(SENSOR_NAMES), self.sensors))
+        return (SENSOR_NAMES + extra)[: self.sensors]
+
+
+@dataclass(frozen=True)
+class SimBlock:
+    """Readings of some steps, device-major within a step, in time order."""
+
+    keys: tuple[str, ...]
+    timestamps: F64
+    values: F32
+    labels: I64
+    kinds: tuple[str, ...]  # "", "point" or "collective"
+    sensor_names: tuple[str, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def to_frame(self) -> pd.DataFrame:
+        """As a table: key, ts, one column per sensor, label."""
+        frame = pd.DataFrame(self.values.astype(np.float64), columns=list(self.sensor_names))
+        frame.insert(0, "ts", self.timestamps)
+        frame.insert(0, "key", list(self.keys))
+        frame["label"] = self.labels
+        return frame
+
+    def to_json(self) -> Iterator[tuple[bytes, bytes]]:
+        """``(message key, JSON value)`` per reading, in the default record layout."""
+        names = self.sensor_names
+        for i, key in enumerate(self.keys):
+            obj: dict[str, object] = {"key": key, "ts": round(float(self.timestamps[i]), 3)}
+            obj.update(zip(names, (round(float(v), 5) for v in self.values[i]), strict=True))
+            obj["label"] = int(self.labels[i])
+            yield key.encode(), orjson.dumps(obj)
+
+
+class SensorSimulator:
+    """Generates :class:`SimBlock` s step by step (one reading per device per step).
+
+    Examples
+    --------
+    >>> cfg = SimulationConfig(devices=3, point_rate=0.5, anomalies_after=0.0, seed=7)
+    >>> a = SensorSimulator(cfg).step(40)
+    >>> b1, b2 = (s := SensorSimulator(cfg)).step(15), s.step(25)
+    >>> bool(np.array_equal(a.values, np.concatenate([b1.values, b2.values])))
+    True
+    >>> 0 < int(a.labels.sum()) < len(a)
+    True
+    """
+
+    def __init__(self, config: SimulationConfig) -> None:
+        self.config = config
+        self._rngs: dict[str, np.random.Generator] | None = None
+        self._step = 0
+
+    @property
+    def steps_done(self) -> int:
+        return self._step
+
+    def _init(self) -> None:
+        c = self.config
+        seeds = np.random.SeedSequence(c.seed).spawn(6)
+        names = ("params", "noise", "load", "point", "collective", "drift")
+        self._rngs = {n: np.random.default_rng(s) for n, s in zip(names, seeds, strict=True)}
+        p = self._rngs["params"]
+        self._base = p.uniform(1.0, 10.0, (c.devices, c.sensors))
+        self._loadings = p.normal(0.0, 1.0, (c.devices, c.sensors, _FACTORS))
+        self._phase = p.uniform(0.0, 2 * math.pi, c.devices)
+        self._load = np.zeros(c.devices)
+        self._stuck_left = np.zeros(c.devices, dtype=np.int64)
+        self._stuck_sensor = np.zeros(c.devices, dtype=np.int64)
+        self._last = np.zeros((c.devices, c.sensors))
+        d = self._rngs["drift"]
+        self._drift_offset = d.normal(0.0, 1.5, (c.devices, c.sensors))
+        self._drift_loadings = d.normal(0.0, 1.0, (c.devices, _FACTORS))
+        self._drift_sensor = d.integers(0, c.sensors, c.devices)
+
+    def step(self, steps: int) -> SimBlock:
+        """The next ``steps`` steps of every device."""
+        if self._rngs is None:
+            self._init()
+        c = self.config
+        vals = np.empty((steps, c.devices, c.sensors))
+        labels = np.zeros((steps, c.devices), dtype=np.int64)
+        kinds = np.full((steps, c.devices), "", dtype=object)
+        times = c.start + (self._step + np.arange(steps)) * c.interval_s
+        for i in range(steps):
+            vals[i], labels[i], kinds[i] = self._one(times[i] - c.start)
+        self._step += steps
+        keys = tuple(f"dev-{d:02d}" for d in range(c.devices)) * steps
+        return SimBlock(
+            keys=keys,
+            timestamps=np.repeat(times, c.devices),
+            values=vals.reshape(-1, c.sensors).astype(np.float32),
+            labels=labels.reshape(-1),
+            kinds=tuple(kinds.reshape(-1)),
+            sensor_names=c.sensor_names,
+        )
+
+    def _one(self, elapsed: float) -> tuple[F64, I64, list[str]]:
+        assert self._rngs is not None
+        c = self.config
+        normal = self._normal(elapsed)
+        point_mask, point_vals = self._points(normal, active=elapsed >= c.anomalies_after)
+        stuck = self._collective(active=elapsed >= c.anomalies_after)
+        out = np.where(point_mask, point_vals, normal)
+        rows = np.flatnonzero(stuck)
+        out[rows, self._stuck_sensor[rows]] = self._last[rows, self._stuck_sensor[rows]]
+        self._last = np.where(stuck[:, None], self._last, out)
+        is_point: Bool = np.asarray(point_mask.any(axis=1), dtype=np.bool_)
+        labels = (is_point | stuck).astype(np.int64)
+        kinds = ["collective" if s else ("point" if p else "") for p, s in
+                 zip(is_point, stuck, strict=True)]
+        return out, labels, kinds
+
+    def _normal(self, elapsed: float) -> F64:
+        assert self._rngs is not None
+        c = self.config
+        self._load = 0.98 * self._load + self._rngs["load"].normal(0.0, 0.2, c.devices)
+        cycle = np.sin(2 * math.pi * elapsed / c.day_s + self._phase)
+        factors = np.stack([cycle, self._load], axis=1)  # (devices, factors)
+        loadings, base = self._loadings, self._base
+        if c.drift_at is not None and elapsed >= c.drift_at:
+            loadings = loadings.copy()
+            rows = np.arange(c.devices)
+            loadings[rows, self._drift_sensor] = self._drift_loadings
+            base = base + self._drift_offset
+        signal: F64 = base + np.einsum("dsf,df->ds", loadings, factors)
+        return signal + self._rngs["noise"].normal(0.0, c.noise, (c.devices, c.sensors))
+
+    def _points(self, normal: F64, active: bool) -> tuple[np.ndarray, F64]:
+        assert self._rngs is not None
+        c, r = self.config, self._rngs["point"]
+        hit = r.random(c.devices) < c.point_rate
+        sensor = r.integers(0, c.sensors, c.devices)
+        size = r.uniform(5.0, 9.0, c.devices) * r.choice([-1.0, 1.0], c.devices)
+        mask = np.zeros((c.devices, c.sensors), dtype=np.bool_)
+        if active:
+            mask[np.arange(c.devices), sensor] = hit
+        spread = np.abs(self._loadings).sum(axis=2) + c.noise
+        return mask, normal + size[:, None] * spread
+
+    def _collective(self, active: bool) -> np.ndarray:
+        assert self._rngs is not None
+        c, r = self.config, self._rngs["collective"]
+        start = r.random(c.devices) < c.collective_rate
+        length = r.integers(c.collective_len[0], c.collective_len[1] + 1, c.devices)
+        sensor = r.integers(0, c.sensors, c.devices)
+        begin = start & (self._stuck_left == 0) & active
+        self._stuck_left = np.where(begin, length, self._stuck_left)
+        self._stuck_sensor = np.where(begin, sensor, self._stuck_sensor)
+        stuck = self._stuck_left > 0
+        self._stuck_left = np.maximum(self._stuck_left - 1, 0)
+        return stuck
+
+
+def simulate_frame(config: SimulationConfig, steps: int) -> pd.DataFrame:
+    """``steps`` steps of every device as one table (for files and samples).
+
+    >>> simulate_frame(SimulationConfig(devices=1, sensors=2), 2).columns.tolist()
+    ['key', 'ts', 'temperature', 'pressure', 'label']
+    """
+    return SensorSimulator(config).step(steps).to_frame()
