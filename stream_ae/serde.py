@@ -89,6 +89,37 @@ class RawBlock:
         return RawMessage(self.values[i], self.keys[i], self.headers(i), self.timestamps_ms[i], pos)
 
     @classmethod
+    def concat(cls, blocks: Sequence[RawBlock]) -> RawBlock:
+        """Blocks of one partition, in order, as one block.
+
+        >>> a = RawBlock("t", 0, [1], [b"x"], [None], [None])
+        >>> RawBlock.concat([a, RawBlock("t", 0, [2], [b"y"], [None], [None])]).offsets
+        [1, 2]
+        """
+        if len(blocks) == 1:
+            return blocks[0]
+        bounds = list(itertools.accumulate(len(b) for b in blocks))
+
+        def headers(i: int) -> Headers:
+            j = next(k for k, end in enumerate(bounds) if i < end)
+            return blocks[j].headers(i - (bounds[j - 1] if j else 0))
+
+        first = blocks[0]
+        return cls(
+            first.topic, first.partition, [o for b in blocks for o in b.offsets],
+            [v for b in blocks for v in b.values], [k for b in blocks for k in b.keys],
+            [t for b in blocks for t in b.timestamps_ms], headers,
+        )
+
+    def tail(self, start: int) -> RawBlock:
+        """Rows ``start:`` (a view over the same headers)."""
+        if start <= 0:
+            return self
+        return RawBlock(self.topic, self.partition, self.offsets[start:], self.values[start:],
+                        self.keys[start:], self.timestamps_ms[start:],
+                        lambda i: self.headers(i + start))
+
+    @classmethod
     def from_messages(cls, msgs: Sequence[RawMessage]) -> RawBlock:
         """Columns of messages that all come from one partition."""
         if not msgs:

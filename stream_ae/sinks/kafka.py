@@ -1,0 +1,233 @@
+"""The only producer code: alerts, dead letters, drift events and decisions to Kafka.
+
+``exactly_once``: a transactional producer; ``begin()`` opens a transaction, ``commit()``
+adds the consumed offsets (``send_offsets_to_transaction``) and commits, so outputs and
+input progress become visible atomically to ``read_committed`` readers. The
+``transactional.id`` is stable per instance so a restart fences its zombie and closes any
+transaction it left open.
+``at_least_once``: an idempotent producer; ``commit()`` waits for every delivery report and
+then commits the offsets through the consumer.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, cast
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from stream_ae import serde
+from stream_ae.config import KafkaConfig
+from stream_ae.errors import FencedError, SinkError
+from stream_ae.records import Alert, DeadLetter, DriftEvent, SourcePosition
+from stream_ae.sources.kafka import client_config
+
+log = structlog.get_logger()
+
+TP = tuple[str, int]
+
+
+class OffsetCommitter(Protocol):
+    """What the sink needs from the source to commit input progress."""
+
+    def group_metadata(self) -> object: ...
+
+    def commit(self, offsets: Mapping[TP, int]) -> None: ...
+
+
+def transactional_id(kafka: KafkaConfig) -> str:
+    """``kafka.transactional_id`` or ``<group_id>-<hostname>``: stable across restarts.
+
+    >>> transactional_id(KafkaConfig(transactional_id="svc-1"))
+    'svc-1'
+    """
+    return kafka.transactional_id or f"{kafka.group_id}-{socket.gethostname()}"
+
+
+def producer_config(kafka: KafkaConfig) -> dict[str, Any]:
+    """Producer settings for the configured guarantee."""
+    conf: dict[str, Any] = {
+        "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+        "compression.type": "lz4", "message.timeout.ms": 300_000,
+    }
+    if kafka.guarantee == "exactly_once":
+        conf["transactional.id"] = transactional_id(kafka)
+    return {**conf, **client_config(kafka)}
+
+
+class KafkaSink:
+    """Publish the service's outputs.
+
+    Parameters
+    ----------
+    kafka
+        Topics, guarantee and connection.
+    decisions_topic
+        Optional topic for per-batch decision records (None: not published).
+
+    Examples
+    --------
+    >>> sink = KafkaSink(KafkaConfig(guarantee="at_least_once"))  # connects in open()
+    >>> sink.transactional
+    False
+    """
+
+    def __init__(self, kafka: KafkaConfig, decisions_topic: str | None = None) -> None:
+        self.kafka = kafka
+        self.decisions_topic = decisions_topic
+        self._producer: Producer | None = None
+        self._failed: list[str] = []
+        self._in_txn = False
+
+    @property
+    def transactional(self) -> bool:
+        return self.kafka.guarantee == "exactly_once"
+
+    def open(self, timeout: float = 60.0) -> None:
+        """Create the producer; in exactly-once mode fence older instances (init_transactions)."""
+        try:
+            self._producer = Producer({**producer_config(self.kafka), "error_cb": self._on_error})
+            if self.transactional:
+                self._producer.init_transactions(timeout)
+        except KafkaException as exc:
+            raise _translate(exc, "cannot start producer") from exc
+        log.info("producer_ready", guarantee=self.kafka.guarantee,
+                 transactional_id=transactional_id(self.kafka) if self.transactional else None)
+
+    def _on_error(self, err: KafkaError) -> None:
+        log.warning("kafka_client_error", code=err.name(), reason=err.str(), fatal=err.fatal())
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            raise SinkError("sink is not open")
+        return self._producer
+
+    def begin(self) -> None:
+        """Open a transaction (exactly-once mode only)."""
+        if self.transactional and not self._in_txn:
+            try:
+                self.producer.begin_transaction()
+            except KafkaException as exc:
+                raise _translate(exc, "begin_transaction failed") from exc
+            self._in_txn = True
+
+    def _produce(self, topic: str, value: bytes, key: bytes | None,
+                 headers: list[tuple[str, bytes]]) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value, key, headers=cast(Any, headers),
+                                      on_delivery=self._on_dr)
+                return
+            except BufferError:
+                self.producer.poll(0.05)  # queue full: serve delivery reports, then retry
+            except KafkaException as exc:
+                raise _translate(exc, f"produce to {topic} failed") from exc
+
+    def _on_dr(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failed.append(f"{msg.topic()}: {err.str()}")
+
+    def write(self, alerts: Sequence[Alert] = (), dead_letters: Sequence[DeadLetter] = (),
+              events: Sequence[tuple[DriftEvent, SourcePosition, int]] = ()) -> None:
+        """Queue alerts (key = sensor key), dead letters (original bytes) and events."""
+        hdrs = serde.output_headers()
+        for a in alerts:
+            self._produce(self.kafka.alerts_topic, serde.encode_alert(a), a.key.encode(), hdrs)
+        now = time.time()
+        for d in dead_letters:
+            self._produce(self.kafka.dead_letter_topic, d.original.value or b"", d.original.key,
+                          serde.dead_letter_headers(d, now))
+        if self.kafka.events_topic:
+            for e, pos, version in events:
+                self._produce(self.kafka.events_topic, serde.encode_event(e, pos, version, now),
+                              pos.topic.encode(), hdrs)
+
+    def write_decisions(self, decisions: Sequence[serde.Decision]) -> None:
+        """Queue decision records (only when a decisions topic is configured)."""
+        if not self.decisions_topic:
+            return
+        hdrs = serde.output_headers()
+        for d in decisions:
+            key = f"{d.topic}/{d.partition}".encode()
+            self._produce(self.decisions_topic, serde.encode_decision(d), key, hdrs)
+
+    def commit(self, offsets: Mapping[TP, int], source: OffsetCommitter,
+               timeout: float = 60.0) -> None:
+        """Make the queued outputs durable together with the input ``offsets``."""
+        if self.transactional:
+            self._commit_transaction(offsets, source, timeout)
+        else:
+            self.flush(timeout)
+            if offsets:
+                source.commit(offsets)
+
+    def _commit_transaction(self, offsets: Mapping[TP, int], source: OffsetCommitter,
+                            timeout: float) -> None:
+        self.begin()
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            if tps:
+                self.producer.send_offsets_to_transaction(tps, source.group_metadata(), timeout)
+            self._commit_retrying(timeout)
+        except KafkaException as exc:
+            self._abort_quietly()
+            raise _translate(exc, "transaction commit failed") from exc
+        finally:
+            self._in_txn = False
+        self._check_deliveries()
+
+    def _commit_retrying(self, timeout: float, attempts: int = 5) -> None:
+        for attempt in range(1, attempts + 1):
+            try:
+                self.producer.commit_transaction(timeout)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if attempt == attempts or not isinstance(err, KafkaError) or not err.retriable():
+                    raise
+                log.warning("transaction_commit_retry", attempt=attempt, reason=err.str())
+
+    def _abort_quietly(self) -> None:
+        try:
+            self.producer.abort_transaction(30)
+        except KafkaException as exc:
+            log.warning("transaction_abort_failed", error=str(exc))
+
+    def _check_deliveries(self) -> None:
+        if self._failed:
+            failed, self._failed = self._failed, []
+            raise SinkError(f"{len(failed)} deliveries failed, first: {failed[0]}")
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait for every queued message; ``SinkError`` if any delivery failed."""
+        left = self.producer.flush(timeout)
+        if left:
+            raise SinkError(f"{left} messages still undelivered after {timeout:.0f} s")
+        self._check_deliveries()
+
+    def abort(self) -> None:
+        """Abort an open transaction (its outputs are discarded)."""
+        if self.transactional and self._in_txn:
+            self._abort_quietly()
+            self._in_txn = False
+
+    def close(self) -> None:
+        """Abort any open transaction, flush and drop the producer."""
+        if self._producer is None:
+            return
+        self.abort()
+        self._producer.flush(10)
+        self._producer = None
+        log.info("producer_closed")
+
+
+def _translate(exc: KafkaException, what: str) -> SinkError:
+    err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    if err is not None and err.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                                          KafkaError.INVALID_PRODUCER_EPOCH):
+        return FencedError(f"{what}: fenced by a newer instance ({err.str()})")
+    return SinkError(f"{what}: {exc}")

@@ -1,0 +1,334 @@
+"""The only consumer code: a consumer-group source for the service and an assign-mode
+reader for replaying a historical topic (backtests).
+
+``KafkaGroupSource`` subscribes with auto-commit off and hands assignment changes to a
+:class:`PartitionListener` (the runner), which answers with the offset to start each
+partition at (a checkpoint's position, so it can replay without publishing).
+``KafkaTopicReader`` assigns partitions itself from start offsets or a start time and stops
+at the end of every partition (``enable.partition.eof``; never the high watermark, which
+some brokers report wrongly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from stream_ae.config import KafkaConfig
+from stream_ae.errors import SourceError
+from stream_ae.records import RawMessage, SourcePosition
+from stream_ae.serde import RawBlock
+
+log = structlog.get_logger()
+
+TP = tuple[str, int]
+
+
+def client_config(kafka: KafkaConfig) -> dict[str, Any]:
+    """librdkafka settings shared by consumers and producers: bootstrap, security, ``extra``.
+
+    >>> client_config(KafkaConfig(bootstrap_servers="b:9092"))["bootstrap.servers"]
+    'b:9092'
+    """
+    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers}
+    optional = {
+        "security.protocol": kafka.security_protocol, "sasl.mechanism": kafka.sasl_mechanism,
+        "sasl.username": kafka.sasl_username, "ssl.ca.location": kafka.ssl_ca_location,
+        "sasl.password": kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+    }
+    conf.update({k: v for k, v in optional.items() if v is not None})
+    conf.update(kafka.extra)
+    return conf
+
+
+def consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
+    """Consumer settings: group, auto-commit off, read_committed, fast prefetch refill."""
+    return {
+        "group.id": kafka.group_id, "enable.auto.commit": False,
+        "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed", "session.timeout.ms": kafka.session_timeout_ms,
+        # the default 1000 ms backoff stalls a consumer that decodes slower than it fetches
+        "fetch.queue.backoff.ms": 10, "allow.auto.create.topics": False,
+        **client_config(kafka),
+    }
+
+
+def _error_cb(err: KafkaError) -> None:
+    log.warning("kafka_client_error", code=err.name(), reason=err.str(), fatal=err.fatal())
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A partition given to this instance: its committed offset (None if none) and low mark."""
+
+    topic: str
+    partition: int
+    committed: int | None
+    low: int
+
+
+class PartitionListener(Protocol):
+    """Receives partition ownership changes (the runner implements it)."""
+
+    def on_assign(self, assignments: Sequence[Assignment]) -> Mapping[TP, int]:
+        """Return the offset to start reading each partition at."""
+        ...
+
+    def on_revoke(self, partitions: Sequence[TP]) -> None: ...
+
+    def on_lost(self, partitions: Sequence[TP]) -> None: ...
+
+
+def blocks_from(msgs: Sequence[Any]) -> list[RawBlock]:
+    """Group consumed messages by partition, in order, as columnar blocks."""
+    groups: dict[TP, list[Any]] = {}  # confluent Message (its stubs make every field Optional)
+    for m in msgs:
+        groups.setdefault((m.topic(), m.partition()), []).append(m)
+    return [_block(tp, g) for tp, g in groups.items()]
+
+
+def _block(tp: TP, g: list[Any]) -> RawBlock:
+    stamps = [m.timestamp() for m in g]
+    return RawBlock(
+        tp[0], tp[1], [m.offset() for m in g], [m.value() for m in g], [m.key() for m in g],
+        [t if kind else None for kind, t in stamps],
+        lambda i: tuple((k, v or b"") for k, v in (g[i].headers() or ())),
+    )
+
+
+def _raise_on_error(m: Message) -> bool:
+    """True for a data message; False for a partition EOF; raise on a real error."""
+    err = m.error()
+    if err is None:
+        return True
+    if err.code() == KafkaError._PARTITION_EOF:
+        return False
+    if err.fatal():
+        raise SourceError(f"fatal consumer error: {err.str()}")
+    log.warning("consumer_error", code=err.name(), reason=err.str(),
+                topic=m.topic(), partition=m.partition())
+    return False
+
+
+class KafkaGroupSource:
+    """Consume ``kafka.input_topics`` in the consumer group ``kafka.group_id``.
+
+    Parameters
+    ----------
+    kafka
+        Connection, topics and group.
+    listener
+        Told about assignments (answers with start offsets), revocations and losses.
+
+    Examples
+    --------
+    >>> src = KafkaGroupSource(KafkaConfig(), listener=None)  # connects only in open()
+    >>> src.assigned
+    set()
+    """
+
+    def __init__(self, kafka: KafkaConfig, listener: PartitionListener | None) -> None:
+        self.kafka = kafka
+        self.listener = listener
+        self._consumer: Consumer | None = None
+        self.assigned: set[TP] = set()
+
+    def open(self) -> None:
+        """Create the consumer and subscribe (the group join happens in ``poll_blocks``)."""
+        conf = {**consumer_config(self.kafka), "error_cb": _error_cb}
+        try:
+            self._consumer = Consumer(conf)
+            self._consumer.subscribe(list(self.kafka.input_topics), on_assign=self._on_assign,
+                                     on_revoke=self._on_revoke, on_lost=self._on_lost)
+        except KafkaException as exc:
+            raise SourceError(f"cannot create consumer: {exc}") from exc
+        log.info("consumer_subscribed", topics=list(self.kafka.input_topics),
+                 group_id=self.kafka.group_id)
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            raise SourceError("source is not open")
+        return self._consumer
+
+    def poll_blocks(self, max_n: int, timeout: float) -> list[RawBlock]:
+        """Up to ``max_n`` messages as per-partition blocks (rebalance callbacks run here)."""
+        try:
+            msgs = self.consumer.consume(max_n, timeout)
+        except KafkaException as exc:
+            raise SourceError(f"consume failed: {exc}") from exc
+        if any(m.error() is not None for m in msgs):
+            msgs = [m for m in msgs if _raise_on_error(m)]
+        return blocks_from(msgs) if msgs else []
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [TopicPartition(p.topic, p.partition) for p in partitions]
+        committed = consumer.committed(tps, timeout=30) if tps else []
+        assignments = [
+            Assignment(c.topic, c.partition, c.offset if c.offset >= 0 else None,
+                       consumer.get_watermark_offsets(c, timeout=10)[0])
+            for c in committed
+        ]
+        starts = dict(self.listener.on_assign(assignments)) if self.listener else {}
+        for p in partitions:
+            p.offset = starts.get((p.topic, p.partition), OFFSET_BEGINNING)
+        consumer.assign(partitions)
+        self.assigned |= {(p.topic, p.partition) for p in partitions}
+        log.info("partitions_assigned", partitions=[f"{p.topic}/{p.partition}@{p.offset}"
+                                                    for p in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        log.info("partitions_revoked", partitions=[f"{t}/{p}" for t, p in tps])
+        if self.listener:
+            self.listener.on_revoke(tps)
+        self.assigned -= set(tps)
+        consumer.unassign()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        log.warning("partitions_lost", partitions=[f"{t}/{p}" for t, p in tps])
+        if self.listener:
+            self.listener.on_lost(tps)
+        self.assigned -= set(tps)
+        consumer.unassign()
+
+    def group_metadata(self) -> object:
+        """For ``Producer.send_offsets_to_transaction``."""
+        return self.consumer.consumer_group_metadata()
+
+    def commit(self, offsets: Mapping[TP, int]) -> None:
+        """Commit next-to-read offsets synchronously (at-least-once mode)."""
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self.consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            raise SourceError(f"offset commit failed: {exc}") from exc
+
+    def lag(self, tp: TP, position: int) -> int | None:
+        """High watermark (cached from fetches) minus ``position``; None when unknown."""
+        try:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+        except KafkaException:
+            return None
+        return max(high - position, 0) if high >= 0 else None
+
+    def close(self) -> None:
+        """Leave the group (revoke callbacks run) and close the consumer."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.close()
+            log.info("consumer_closed", group_id=self.kafka.group_id)
+
+
+class KafkaTopicReader:
+    """Read a topic's partitions from given offsets or a start time up to their current end.
+
+    Parameters
+    ----------
+    kafka
+        Connection settings (``group_id`` is used only as a client label; nothing is committed).
+    topic
+        The topic to replay.
+    partitions
+        Partitions to read; None: all.
+    start_offsets
+        ``{partition: offset}``; partitions not listed start at the beginning.
+    start_timestamp_ms
+        Start at the first record at or after this time (overrides ``start_offsets``).
+
+    Examples
+    --------
+    >>> r = KafkaTopicReader(KafkaConfig(), "sensors", start_timestamp_ms=0)
+    >>> r.done
+    False
+    """
+
+    def __init__(
+        self, kafka: KafkaConfig, topic: str, partitions: Sequence[int] | None = None,
+        start_offsets: Mapping[int, int] | None = None, start_timestamp_ms: int | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.topic = topic
+        self.partitions = partitions
+        self.start_offsets = start_offsets
+        self.start_timestamp_ms = start_timestamp_ms
+        self._consumer: Consumer | None = None
+        self._positions: dict[TP, int] = {}
+        self._open: set[int] = set()
+        self.done = False
+
+    def open(self) -> None:
+        """Create the consumer and assign the partitions at their start positions."""
+        conf = {**consumer_config(self.kafka), "enable.partition.eof": True,
+                "group.id": f"{self.kafka.group_id}-reader", "error_cb": _error_cb}
+        try:
+            self._consumer = Consumer(conf)
+            parts = self._start_positions(self._consumer)
+            self._consumer.assign(parts)
+        except KafkaException as exc:
+            raise SourceError(f"cannot read topic {self.topic}: {exc}") from exc
+        self._open = {p.partition for p in parts}
+        self.done = not self._open
+        log.info("topic_reader_opened", topic=self.topic, partitions=sorted(self._open))
+
+    def _start_positions(self, consumer: Consumer) -> list[TopicPartition]:
+        md = consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        if md is None or md.error is not None or not md.partitions:
+            raise SourceError(f"topic {self.topic} does not exist")
+        ids = sorted(md.partitions) if self.partitions is None else list(self.partitions)
+        if self.start_timestamp_ms is not None:
+            query = [TopicPartition(self.topic, p, self.start_timestamp_ms) for p in ids]
+            return list(consumer.offsets_for_times(query, timeout=10))
+        starts = self.start_offsets or {}
+        return [TopicPartition(self.topic, p, starts.get(p, OFFSET_BEGINNING)) for p in ids]
+
+    def poll(self, max_n: int, timeout: float) -> list[RawMessage]:
+        """Up to ``max_n`` messages; sets ``done`` once every partition reached its end."""
+        if self._consumer is None:
+            raise SourceError("reader is not open")
+        try:
+            msgs = self._consumer.consume(max_n, timeout)
+        except KafkaException as exc:
+            raise SourceError(f"consume failed: {exc}") from exc
+        out = []
+        m: Any
+        for m in msgs:
+            if m.error() is not None and m.error().code() == KafkaError._PARTITION_EOF:
+                self._open.discard(m.partition())
+            elif _raise_on_error(m) and self._wanted(m):
+                out.append(_raw(m))
+                self._positions[(m.topic(), m.partition())] = m.offset() + 1
+        self.done = not self._open
+        return out
+
+    def _wanted(self, m: Message) -> bool:
+        # brokers whose offsets_for_times ignores record timestamps land too early: skip those
+        kind, ts = m.timestamp()
+        return self.start_timestamp_ms is None or not kind or ts >= self.start_timestamp_ms
+
+    def position(self) -> Mapping[TP, int]:
+        return dict(self._positions)
+
+    def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.close()
+
+
+def _raw(m: Any) -> RawMessage:
+    kind, ts = m.timestamp()
+    headers = tuple((k, v or b"") for k, v in (m.headers() or ()))
+    pos = SourcePosition(m.topic(), m.partition(), m.offset())
+    return RawMessage(m.value(), m.key(), headers, ts if kind else None, pos)
