@@ -6,6 +6,7 @@ import time.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -79,15 +80,11 @@ class ServiceMetrics:
         """Drop a revoked partition's gauges (another instance reports them now)."""
         labels = (topic, str(partition))
         for g in (self.threshold, self.lag, self.checkpoint_age):
-            try:
+            with contextlib.suppress(KeyError):
                 g.remove(*labels)
-            except KeyError:
-                pass
         for q in ("0.5", "0.9", "0.99"):
-            try:
+            with contextlib.suppress(KeyError):
                 self.score.remove(*labels, q)
-            except KeyError:
-                pass
 
 
 class Health:
@@ -114,7 +111,7 @@ class Health:
 
 def _handler(registry: CollectorRegistry, health: Health) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
