@@ -31,6 +31,7 @@ import orjson
 from stream_ae.config import RecordFormat
 from stream_ae.errors import DecodeError
 from stream_ae.records import (
+    F64,
     I64,
     Alert,
     Batch,
@@ -138,6 +139,8 @@ class Decoded:
     batch: Batch
     offsets: I64  # source offset of each batch row
     dead_letters: tuple[DeadLetter, ...]
+    names: tuple[str, ...] = ()
+    raw_values: F64 | None = None  # float64 feature values as received (alerts quote them)
 
 
 @dataclass(frozen=True)
@@ -217,10 +220,11 @@ class Decoder:
             if not ok.all():
                 for j in np.flatnonzero(~ok):
                     dead.append(dead_letter(block, good[j], "non_finite", "NaN or infinite value"))
-                values32, keep = values32[ok], np.flatnonzero(ok)
+                values, values32, keep = values[ok], values32[ok], np.flatnonzero(ok)
                 keys, stamps = [keys[j] for j in keep], [stamps[j] for j in keep]
                 labels, good = [labels[j] for j in keep], [good[j] for j in keep]
-        return _assemble(block, values32, keys, stamps, labels, good, dead)
+        out = _assemble(block, values32, keys, stamps, labels, good, dead)
+        return Decoded(out.batch, out.offsets, out.dead_letters, self.names, values)
 
 
 def _filter_rows(

@@ -1,0 +1,158 @@
+"""Test helpers: an in-memory consumer-group source, a fixed clock, a tiny rule engine,
+and broker helpers for integration tests (env ``STREAM_AE_TEST_BOOTSTRAP`` or a local
+embedded broker).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from stream_ae.records import Batch, StepResult
+from stream_ae.serde import RawBlock
+from stream_ae.sources.kafka import Assignment
+
+TP = tuple[str, int]
+BOOTSTRAP_ENV = "STREAM_AE_TEST_BOOTSTRAP"
+
+
+class FixedClock:
+    """A clock that moves only when told.
+
+    >>> c = FixedClock(10.0); c.advance(2.5); c()
+    12.5
+    """
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class MemoryGroupSource:
+    """A one-member consumer group over in-memory partitions (the runner's source in tests).
+
+    ``open()`` assigns every partition (asking the listener where to start); ``commit``
+    records offsets as a group coordinator would; ``revoke``/``assign`` simulate rebalances.
+
+    Examples
+    --------
+    >>> src = MemoryGroupSource({("t", 0): [b"a", b"b"]})
+    >>> src.open()
+    >>> [b.offsets for b in src.poll_blocks(10, 0.0)]
+    [[0, 1]]
+    """
+
+    def __init__(self, data: Mapping[TP, Sequence[bytes | None]],
+                 committed: Mapping[TP, int] | None = None, max_per_poll: int = 1 << 30) -> None:
+        self.data = data
+        self.committed = dict(committed or {})
+        self.max_per_poll = max_per_poll
+        self.listener: Any = None
+        self._positions: dict[TP, int] = {}
+
+    def open(self) -> None:
+        self.assign(list(self.data))
+
+    def assign(self, tps: Sequence[TP]) -> None:
+        """Hand ``tps`` to the listener, starting where it says."""
+        assignments = [Assignment(t, p, self.committed.get((t, p)), 0) for t, p in tps]
+        starts = self.listener.on_assign(assignments) if self.listener else {}
+        for tp in tps:
+            self._positions[tp] = starts.get(tp, self.committed.get(tp, 0))
+
+    def revoke(self, tps: Sequence[TP]) -> None:
+        if self.listener:
+            self.listener.on_revoke(list(tps))
+        for tp in tps:
+            self._positions.pop(tp, None)
+
+    def poll_blocks(self, max_n: int, timeout: float) -> list[RawBlock]:
+        out = []
+        budget = min(max_n, self.max_per_poll)
+        for tp, pos in self._positions.items():
+            rows = list(self.data[tp][pos:pos + budget])
+            if rows:
+                offs = list(range(pos, pos + len(rows)))
+                out.append(RawBlock(tp[0], tp[1], offs, rows, [None] * len(rows),
+                                    [None] * len(rows)))
+                self._positions[tp] = pos + len(rows)
+                budget -= len(rows)
+        return out
+
+    def group_metadata(self) -> object:
+        return None
+
+    def commit(self, offsets: Mapping[TP, int]) -> None:
+        self.committed.update(offsets)
+
+    def lag(self, tp: TP, position: int) -> int | None:
+        return len(self.data[tp]) - position
+
+    def close(self) -> None:
+        self.revoke(list(self._positions))
+
+
+class ThresholdEngine:
+    """A deterministic stand-in engine: flags rows whose largest |value| exceeds ``limit``.
+
+    Rows with a non-finite value are rejected. ``snapshot`` is JSON (no pickle).
+
+    >>> e = ThresholdEngine(("x",), limit=1.0)
+    >>> e.step(Batch.from_arrays([[0.5], [2.0]])).is_anomaly.tolist()
+    [False, True]
+    """
+
+    def __init__(self, names: Sequence[str], limit: float = 3.0) -> None:
+        self.names = tuple(names)
+        self.limit = limit
+        self.records_seen = 0
+        self.model_version = 0
+
+    def step(self, batch: Batch) -> StepResult:
+        v = batch.values.astype(np.float64)
+        finite = np.isfinite(v).all(axis=1)
+        scores = np.where(finite, np.abs(np.nan_to_num(v)).max(axis=1, initial=0.0), np.nan)
+        self.records_seen += len(batch)
+        self.model_version += 1
+        return StepResult(
+            scores=scores, thresholds=np.full(len(batch), self.limit),
+            is_anomaly=finite & (scores > self.limit), warmup=np.zeros(len(batch), dtype=bool),
+            feature_errors=np.nan_to_num(v * v).astype(np.float32), feature_names=self.names,
+            rejected=tuple((int(i), "non_finite") for i in np.flatnonzero(~finite)),
+            model_version=self.model_version,
+        )
+
+    def snapshot(self) -> bytes:
+        return json.dumps({"names": self.names, "limit": self.limit, "seen": self.records_seen,
+                           "version": self.model_version}).encode()
+
+    @classmethod
+    def restore(cls, blob: bytes) -> ThresholdEngine:
+        d = json.loads(blob)
+        e = cls(d["names"], d["limit"])
+        e.records_seen, e.model_version = d["seen"], d["version"]
+        return e
+
+
+def external_bootstrap() -> str | None:
+    """The external broker given by ``STREAM_AE_TEST_BOOTSTRAP``, if any."""
+    return os.environ.get(BOOTSTRAP_ENV) or None
+
+
+def unique_name(prefix: str) -> str:
+    """A topic/group name no other test uses.
+
+    >>> unique_name("t").startswith("t-")
+    True
+    """
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
