@@ -88,6 +88,11 @@ class TrainingConfig(_Frozen):
     clip_quantile: float = Field(default=0.9, gt=0.0, le=1.0, description="Records that pass "
                                  "the gate but score above this quantile of the threshold window "
                                  "are down-weighted to it (Huber-like cap on their influence).")
+    holdout: float = Field(default=0.25, ge=0.0, lt=1.0, description="Fraction of the warm-up "
+                           "(its most recent records) held out of the warm-up epochs; the initial "
+                           "threshold comes from their out-of-sample scores (0: in-sample scores).")
+    scaler_memory: int = Field(default=100_000, ge=1, description="Rows the running scaler "
+                               "remembers: older statistics are down-weighted geometrically.")
 
 
 class ThresholdConfig(_Frozen):
@@ -99,6 +104,12 @@ class ThresholdConfig(_Frozen):
     k: float = Field(default=3.0, gt=0.0, description="mean_std mode: mean + k * sd.")
     multiplier: float = Field(default=1.0, gt=0.0)
     floor: float = Field(default=0.0, ge=0.0)
+    min_count: int = Field(default=100, ge=1, description="Scores needed (capped at `window`) "
+                           "before the threshold flags anything, also after a re-warm.")
+    flagged: Literal["capped", "raw", "exclude"] = Field(default="capped", description="How "
+                                                         "flagged scores enter the window: at the "
+                                                         "threshold they exceeded, as they are, or "
+                                                         "not at all.")
 
 
 class DriftConfig(_Frozen):
@@ -110,6 +121,8 @@ class DriftConfig(_Frozen):
     boost_steps: int = Field(default=20, ge=0, description="Learning steps the boost lasts.")
     rewarm_threshold: bool = Field(default=True, description="Restart the threshold window "
                                    "from the records after the drift.")
+    history: int = Field(default=4096, ge=16, description="The detector sees the last "
+                         "history..2*history scores (bounded, replayable state).")
 
 
 class RegimeConfig(_Frozen):

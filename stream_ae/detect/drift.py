@@ -1,0 +1,130 @@
+"""DriftMonitor: a river drift detector on the score stream, with plain-data state.
+
+river's ADWIN keeps its state in a Rust object that cannot be read out or
+pickled. So the monitor keeps, as plain data, every value fed to its current
+detector instance and rebuilds the detector by replaying them: state =
+(detector parameters, values since the detector was created). To keep that
+bounded the monitor *rebases* deterministically: when ``2 * history`` values
+have been fed it creates a fresh detector and replays the last ``history``
+values into it (silently); after a detection it starts a fresh detector from
+the next value. The detector therefore sees a window of between ``history``
+and ``2 * history`` recent values, and a restored monitor is bit-identical to
+the one that was snapshotted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from river import drift
+
+F64 = npt.NDArray[np.float64]
+DetectorName = Literal["adwin", "page_hinkley", "kswin"]
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """One detection: position in the values given to ``update_many``, levels around it."""
+
+    index: int
+    level_before: float
+    level_after: float
+
+
+class DriftMonitor:
+    """Detects changes in the level of a value stream with a river drift detector.
+
+    Parameters
+    ----------
+    detector
+        ``"adwin"`` (river ``drift.ADWIN``), ``"page_hinkley"`` or ``"kswin"``.
+    delta
+        ADWIN's ``delta``; for Page-Hinkley the ``delta`` magnitude; for KSWIN its ``alpha``.
+    history
+        Bound on the replayed values (see the module docstring).
+    seed
+        Seed of KSWIN's sampler.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = DriftMonitor("adwin", delta=0.002)
+    >>> values = np.concatenate([np.zeros(500), np.full(500, 5.0)])
+    >>> hits = m.update_many(values)
+    >>> len(hits) >= 1 and 500 <= hits[0].index < 600
+    True
+    >>> hits[0].level_before < hits[0].level_after
+    True
+    """
+
+    def __init__(
+        self,
+        detector: DetectorName = "adwin",
+        delta: float = 0.002,
+        history: int = 4096,
+        seed: int = 0,
+    ) -> None:
+        self.detector = detector
+        self.delta = delta
+        self.history = history
+        self.seed = seed
+        self._det: Any = None
+        self._since: F64 = np.zeros(0, dtype=np.float64)
+        self._n = 0
+
+    def _fresh(self) -> Any:
+        if self.detector == "adwin":
+            return drift.ADWIN(delta=self.delta)  # type: ignore[no-untyped-call]
+        if self.detector == "page_hinkley":
+            return drift.PageHinkley(delta=self.delta)
+        return drift.KSWIN(alpha=self.delta, seed=self.seed)
+
+    def _replay(self, values: F64) -> None:
+        self._det = self._fresh()
+        for v in values.tolist():
+            self._det.update(v)
+        self._since = np.zeros(2 * self.history, dtype=np.float64)
+        self._since[: values.size] = values
+        self._n = int(values.size)
+
+    def update_many(self, values: npt.ArrayLike) -> list[Detection]:
+        """Feed values in stream order; return the detections among them."""
+        vals = np.asarray(values, dtype=np.float64).ravel()
+        if self._det is None:
+            self._replay(vals[:0])
+        hits: list[Detection] = []
+        for i, v in enumerate(vals.tolist()):
+            if self._n == self._since.size:
+                self._replay(self._since[self.history :].copy())
+            self._since[self._n] = v
+            self._n += 1
+            self._det.update(v)
+            if self._det.drift_detected:
+                hits.append(self._detection(i))
+                self._replay(vals[:0])
+        return hits
+
+    def _detection(self, index: int) -> Detection:
+        seen = self._since[: self._n]
+        after = getattr(self._det, "estimation", None)
+        level_after = float(after) if after is not None else float(seen[-32:].mean())
+        width = int(getattr(self._det, "width", 32))
+        older = seen[: max(1, self._n - width)]
+        return Detection(index, float(older.mean()), level_after)
+
+    def get_state(self) -> dict[str, Any]:
+        """Plain data: the values fed to the current detector instance."""
+        since = self._since[: self._n].copy() if self._det is not None else None
+        return {"since": since}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Rebuild the detector by replaying the stored values."""
+        since = state["since"]
+        if since is None:
+            self._det, self._n = None, 0
+            return
+        self._replay(np.asarray(since, dtype=np.float64))
+

@@ -1,0 +1,403 @@
+"""Engine: features -> score -> threshold -> drift -> gated learning. Pure, no I/O.
+
+Learned state (scaler, model, threshold value, drift adaptation, regime policy)
+changes only at *boundaries*: deterministic counts of accepted records. Between
+two boundaries every record is scored with the state frozen at the last one, and
+the records are buffered; at the boundary they update the threshold window, the
+scaler and the replay buffer, and the model takes its learning steps. Boundaries
+ramp up: ``stride_k = min(stride, max(16, n // 8))`` records after the boundary
+at ``n`` accepted records, and the end of warm-up is always a boundary. So the
+results for a record sequence do not depend on how it is split into ``step``
+calls, and snapshot -> restore -> continue equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+from pydantic import ValidationError
+
+from stream_ae import snapshot as snap
+from stream_ae.config import EngineConfig
+from stream_ae.detect.drift import DriftMonitor
+from stream_ae.detect.threshold import RollingQuantileThreshold
+from stream_ae.errors import ConfigError, SnapshotError
+from stream_ae.model.online import OnlineAutoencoder, RunningScaler
+from stream_ae.records import Batch, DriftEvent, StepResult
+from stream_ae.windowing import FeatureStage, RecordWindow, feature_names
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+
+STATE_SCHEMA = 1
+_LOG_EPS = 1e-12
+_MIN_STRIDE = 16
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class _Out:
+    """Per-row outputs of one ``step`` call, filled chunk by chunk."""
+
+    scores: F64
+    thresholds: F64
+    flags: npt.NDArray[np.bool_]
+    warmup: npt.NDArray[np.bool_]
+    errors: F32
+    batch: Batch
+    base: int
+    events: list[DriftEvent] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, batch: Batch, n_features: int, base: int) -> _Out:
+        n = len(batch)
+        return cls(
+            scores=np.full(n, np.nan),
+            thresholds=np.full(n, np.nan),
+            flags=np.zeros(n, dtype=np.bool_),
+            warmup=np.zeros(n, dtype=np.bool_),
+            errors=np.full((n, n_features), np.nan, dtype=np.float32),
+            batch=batch,
+            base=base,
+        )
+
+    def event(self, kind: str, detector: str, row: int, levels: tuple[float, float],
+              action: str) -> DriftEvent:
+        ev = DriftEvent(kind=kind, detector=detector, record_index=self.base + row,
+                        batch_index=row, timestamp=float(self.batch.timestamps[row]),
+                        level_before=levels[0], level_after=levels[1], action=action)
+        self.events.append(ev)
+        return ev
+
+
+class Engine:
+    """The streaming detector: call ``step`` with batches in arrival order.
+
+    Parameters
+    ----------
+    config
+        The engine section of the settings.
+    raw_feature_names
+        Raw feature columns of the batches, in order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from stream_ae.config import EngineConfig, TrainingConfig
+    >>> cfg = EngineConfig(training=TrainingConfig(warmup=200, window=256, batch_size=64,
+    ...                                            warmup_epochs=5))
+    >>> eng = Engine(cfg, ["a", "b"])
+    >>> rng = np.random.default_rng(0)
+    >>> res = eng.step(Batch.from_arrays(rng.normal(size=(300, 2))))
+    >>> (int(res.warmup.sum()), eng.records_seen, eng.feature_names)
+    (200, 300, ('a', 'b'))
+    >>> eng2 = Engine.restore(eng.snapshot())
+    >>> x = Batch.from_arrays(rng.normal(size=(50, 2)))
+    >>> bool(np.array_equal(eng.step(x).scores, eng2.step(x).scores))
+    True
+    """
+
+    def __init__(self, config: EngineConfig, raw_feature_names: Sequence[str]) -> None:
+        self.config = config
+        self.raw_feature_names = tuple(raw_feature_names)
+        self._built = False
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """Model-input column names (readings, lags, differences)."""
+        f = self.config.features
+        return feature_names(self.raw_feature_names, f.lags, f.diffs)
+
+    @property
+    def records_seen(self) -> int:
+        """Rows passed to ``step`` (rejected ones included)."""
+        return self._records_seen if self._built else 0
+
+    @property
+    def model_version(self) -> int:
+        """Learning (optimiser) steps taken."""
+        return self._model.n_steps if self._built else 0
+
+    @property
+    def threshold(self) -> float:
+        """The threshold now in force (NaN while not warm)."""
+        return self._thr_value if self._built else math.nan
+
+    def step(self, batch: Batch) -> StepResult:
+        """Score, flag and (at boundaries) learn from a batch; results in batch order."""
+        self._check_batch(batch)
+        if not self._built:
+            self._build()
+        out = _Out.empty(batch, self._feat.n_features, self._records_seen)
+        feats, rows, rejected = self._feat.transform(batch.keys, batch.values)
+        pos = 0
+        while pos < rows.size:
+            k = min(rows.size - pos, self._next_boundary - self._n_scored)
+            self._score_chunk(feats[pos : pos + k], rows[pos : pos + k], out)
+            pos += k
+            if self._n_scored == self._next_boundary:
+                self._boundary(out, int(rows[pos - 1]))
+        for r, _ in rejected:
+            out.thresholds[r] = self._thr_value
+        self._records_seen += len(batch)
+        return StepResult(
+            scores=out.scores, thresholds=out.thresholds, is_anomaly=out.flags,
+            warmup=out.warmup, feature_errors=out.errors, feature_names=self.feature_names,
+            drift_events=tuple(out.events), rejected=rejected, model_version=self.model_version,
+        )
+
+    def snapshot(self) -> bytes:
+        """The whole state as bytes (an immutable copy); see :mod:`stream_ae.snapshot`."""
+        tree: dict[str, Any] = {
+            "schema": STATE_SCHEMA,
+            "config": self.config.model_dump(mode="json"),
+            "raw_feature_names": list(self.raw_feature_names),
+            "built": self._built,
+        }
+        if not self._built:
+            return snap.encode(tree, {})
+        tree.update(self._state_tree())
+        return snap.encode(tree, {"model": self._model.to_bytes()})
+
+    @classmethod
+    def restore(cls, blob: bytes, config: EngineConfig | None = None) -> Engine:
+        """An engine from :meth:`snapshot` bytes. ``SnapshotError`` when the bytes are not a
+        valid snapshot, or (with ``config``) were taken under another configuration."""
+        tree, blobs = snap.decode(blob)
+        if tree.get("schema") != STATE_SCHEMA:
+            raise SnapshotError(f"engine state schema {tree.get('schema')!r}, "
+                                f"this build reads {STATE_SCHEMA}")
+        try:
+            stored = EngineConfig.model_validate(tree["config"])
+            names = [str(n) for n in tree["raw_feature_names"]]
+        except (ValidationError, KeyError, TypeError) as exc:
+            raise SnapshotError(f"snapshot config is not valid: {exc}") from exc
+        if config is not None and config != stored:
+            raise SnapshotError("snapshot was taken under a different engine configuration")
+        eng = cls(stored, names)
+        if tree.get("built"):
+            eng._build()
+            eng._load_state(tree, blobs)
+        return eng
+
+    # ------------------------------------------------------------------ build / checks
+    def _check_batch(self, batch: Batch) -> None:
+        if not self.raw_feature_names:
+            raise ConfigError("the engine needs at least one feature name")
+        if batch.values.ndim != 2 or batch.values.shape[1] != len(self.raw_feature_names):
+            raise ConfigError(
+                f"batch has {batch.values.shape[1:]} columns, "
+                f"engine expects {len(self.raw_feature_names)} ({self.raw_feature_names})"
+            )
+
+    def _build(self) -> None:
+        c = self.config
+        f, m, t, tr = c.features, c.model, c.threshold, c.training
+        self._feat = FeatureStage(len(self.raw_feature_names), f.lags, f.diffs, f.missing,
+                                  f.max_keys)
+        n_in = self._feat.n_features
+        self._model = OnlineAutoencoder(n_in, m.hidden, m.bottleneck, m.activation, m.dropout,
+                                        m.weight_decay, m.lr, m.seed)
+        self._scaler = RunningScaler(n_in, tr.scaler_memory)
+        self._thr = RollingQuantileThreshold(t.q, t.window, t.multiplier, t.floor, t.mode, t.k,
+                                             t.min_count)
+        self._drift = (None if c.drift.detector == "none"
+                       else DriftMonitor(c.drift.detector, c.drift.delta, c.drift.history, m.seed))
+        self._replay = RecordWindow(tr.window)
+        self._warm = RecordWindow(max(1, tr.warmup))
+        self._recent = RecordWindow(c.regime.run_length)
+        self._pend = RecordWindow(tr.stride)
+        self._rng = np.random.default_rng(m.seed)
+        self._records_seen = 0
+        self._n_scored = 0
+        self._boost_left = 0
+        self._drift_at = -1
+        self._thr_value = math.nan
+        self._next_boundary = self._schedule(0)
+        self._built = True
+
+    def _schedule(self, n: int) -> int:
+        tr = self.config.training
+        nxt = n + min(tr.stride, max(_MIN_STRIDE, n // 8))
+        return min(nxt, tr.warmup) if n < tr.warmup else nxt
+
+    # ------------------------------------------------------------------ scoring
+    def _score_chunk(self, x: F32, rows: I64, out: _Out) -> None:
+        mse, cols = self._model.score_many(self._scaler.transform(x))
+        warm = self._n_scored < self.config.training.warmup
+        thr = self._thr_value
+        flags = (mse > thr) if not (warm or math.isnan(thr)) else np.zeros(rows.size, np.bool_)
+        out.scores[rows] = mse
+        out.thresholds[rows] = thr
+        out.flags[rows] = flags
+        out.warmup[rows] = warm
+        out.errors[rows] = cols
+        if not warm and self._drift is not None:
+            self._feed_drift(mse, rows, out)
+        self._pend.push(x=x, s=mse, f=flags)
+        self._n_scored += rows.size
+
+    def _feed_drift(self, mse: F64, rows: I64, out: _Out) -> None:
+        assert self._drift is not None
+        d = self.config.drift
+        for hit in self._drift.update_many(np.log(mse + _LOG_EPS)):
+            self._drift_at = len(self._pend) + hit.index
+            levels = (math.exp(hit.level_before), math.exp(hit.level_after))
+            action = "lr_boost" + ("+rewarm_threshold" if d.rewarm_threshold else "")
+            ev = out.event("drift", d.detector, int(rows[hit.index]), levels, action)
+            log.info("drift_detected", record_index=ev.record_index,
+                     level_before=ev.level_before, level_after=ev.level_after)
+
+    # ------------------------------------------------------------------ boundaries
+    def _boundary(self, out: _Out, row: int) -> None:
+        x, s, f = (self._pend.column(c) for c in ("x", "s", "f"))
+        tr = self.config.training
+        if self._n_scored <= tr.warmup:
+            self._scaler.update(x)
+            self._warm.push(x=x, s=s)
+            if self._n_scored == tr.warmup:
+                self._finish_warmup()
+            else:
+                self._learn(self._warm, tr.steps_per_stride, clip=False)
+        else:
+            self._absorb(x, s, f)
+            self._adapt_to_drift(s)
+            extra = self._check_regime(out, row)
+            self._learn(self._replay, tr.steps_per_stride + extra, clip=True)
+        self._thr_value = self._thr.value
+        self._pend.clear()
+        self._drift_at = -1
+        self._next_boundary = self._schedule(self._n_scored)
+
+    def _absorb(self, x: F32, s: F64, f: npt.NDArray[np.bool_]) -> None:
+        """Threshold window, regime window, and (through the gate) scaler and replay buffer."""
+        mode = self.config.threshold.flagged
+        if mode == "capped":
+            self._thr.update(np.where(f, self._thr_value, s))
+        else:
+            self._thr.update(s if mode == "raw" else s[~f])
+        self._recent.push(x=x, s=s, f=f)
+        keep = ~f if self.config.training.gate == "threshold" else np.ones_like(f)
+        self._scaler.update(x[keep])
+        self._replay.push(x=x[keep], s=s[keep])
+
+    def _adapt_to_drift(self, s: F64) -> None:
+        if self._drift_at < 0:
+            return
+        d = self.config.drift
+        self._boost_left = d.boost_steps
+        if d.rewarm_threshold:
+            self._thr.reset()
+            self._thr.update(s[self._drift_at + 1 :])
+
+    def _check_regime(self, out: _Out, row: int) -> int:
+        """Sustained-alarm policy; returns the extra learning steps to take now."""
+        r = self.config.regime
+        if not r.enabled or len(self._recent) < r.run_length:
+            return 0
+        f = self._recent.column("f").astype(np.bool_)
+        if f.mean() <= r.max_alarm_fraction:
+            return 0
+        x, s = self._recent.column("x"), self._recent.column("s")
+        before = float(np.median(self._replay.column("s"))) if len(self._replay) else math.nan
+        self._scaler.update(x[f])
+        self._replay.push(x=x[f], s=s[f])
+        self._thr.reset()
+        self._recent.clear()
+        ev = out.event("regime_change", "sustained_alarm", row, (before, float(np.median(s[f]))),
+                       "relearn+rewarm_threshold")
+        log.info("regime_change", record_index=ev.record_index, alarm_fraction=float(f.mean()))
+        return r.relearn_steps
+
+    def _finish_warmup(self) -> None:
+        """Fit on the warm-up records; the threshold starts from held-out scores."""
+        tr = self.config.training
+        x = self._warm.column("x")
+        n = x.shape[0]
+        hold = int(n * tr.holdout) if n >= 10 else 0
+        xs = self._scaler.transform(x)
+        self._epochs(xs[: n - hold], tr.warmup_epochs)
+        init, _ = self._model.score_many(xs[n - hold :] if hold else xs)
+        if hold:
+            self._epochs(xs, max(1, round(tr.warmup_epochs * tr.holdout)))
+        self._thr.prime(init)
+        self._replay.push(x=x, s=self._model.score_many(xs)[0])
+        self._warm = RecordWindow(1)
+
+    # ------------------------------------------------------------------ learning
+    def _epochs(self, xs: F32, epochs: int) -> None:
+        bs = self.config.training.batch_size
+        for _ in range(epochs):
+            perm = self._rng.permutation(xs.shape[0])
+            for start in range(0, xs.shape[0], bs):
+                self._model.learn_many(xs[perm[start : start + bs]])
+
+    def _learn(self, window: RecordWindow, steps: int, clip: bool) -> None:
+        if len(window) == 0 or steps == 0:
+            return
+        x, s = window.column("x"), window.column("s")
+        bs = self.config.training.batch_size
+        cap = self._thr.quantile(self.config.training.clip_quantile) if clip else math.nan
+        boost = self.config.drift.lr_boost
+        for _ in range(steps):
+            idx = (np.arange(x.shape[0]) if x.shape[0] <= bs
+                   else self._rng.choice(x.shape[0], bs, replace=False))
+            w = None if math.isnan(cap) else np.minimum(1.0, cap / np.maximum(s[idx], _LOG_EPS))
+            scale = boost if self._boost_left > 0 else 1.0
+            self._model.learn_many(self._scaler.transform(x[idx]), w, scale)
+            self._boost_left = max(0, self._boost_left - 1)
+
+    # ------------------------------------------------------------------ state
+    def _parts(self) -> dict[str, Any]:
+        parts: dict[str, Any] = {
+            "features": self._feat, "scaler": self._scaler, "threshold": self._thr,
+            "replay": self._replay, "warm": self._warm, "recent": self._recent,
+            "pending": self._pend,
+        }
+        if self._drift is not None:
+            parts["drift"] = self._drift
+        return parts
+
+    def _state_tree(self) -> dict[str, Any]:
+        counters = {
+            "records_seen": self._records_seen, "n_scored": self._n_scored,
+            "next_boundary": self._next_boundary, "boost_left": self._boost_left,
+            "drift_at": self._drift_at, "thr_value": self._thr_value,
+            "warm_size": self._warm.size,
+        }
+        parts = {k: v.get_state() for k, v in self._parts().items()}
+        return {"counters": counters, "rng": self._rng.bit_generator.state, "parts": parts}
+
+    def _load_state(self, tree: dict[str, Any], blobs: dict[str, bytes]) -> None:
+        try:
+            c = tree["counters"]
+            self._records_seen, self._n_scored = int(c["records_seen"]), int(c["n_scored"])
+            self._next_boundary, self._boost_left = int(c["next_boundary"]), int(c["boost_left"])
+            self._drift_at, self._thr_value = int(c["drift_at"]), float(c["thr_value"])
+            self._warm = RecordWindow(int(c["warm_size"]))
+            self._rng.bit_generator.state = tree["rng"]
+            for name, part in self._parts().items():
+                part.set_state(tree["parts"][name])
+            self._model.load_bytes(blobs["model"])
+            self._check_shapes()
+        except SnapshotError:
+            raise
+        except Exception as exc:  # translated at the edge: any bad field is a bad snapshot
+            raise SnapshotError(f"snapshot state does not fit its config: {exc!r}") from exc
+
+    def _check_shapes(self) -> None:
+        n_in = self._feat.n_features
+        for w in (self._replay, self._recent, self._pend, self._warm):
+            if len(w) and w.column("x").shape[1] != n_in:
+                raise SnapshotError(f"stored records have the wrong width (expected {n_in})")
+        if self._scaler.get_state()["mean"].shape != (n_in,):
+            raise SnapshotError("stored scaler has the wrong width")

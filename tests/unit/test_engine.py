@@ -1,0 +1,235 @@
+"""Engine invariants: batch-boundary independence, exact snapshot/restore, rejection, gating."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stream_ae.config import (
+    DriftConfig,
+    EngineConfig,
+    FeaturesConfig,
+    ModelConfig,
+    RegimeConfig,
+    ThresholdConfig,
+    TrainingConfig,
+)
+from stream_ae.engine import Engine
+from stream_ae.errors import ConfigError, SnapshotError
+from stream_ae.records import Batch, StepResult
+
+torch.set_num_threads(1)
+
+NAMES = ("a", "b", "c")
+
+
+def small_config(**features: object) -> EngineConfig:
+    return EngineConfig(
+        features=FeaturesConfig(**features),  # type: ignore[arg-type]
+        model=ModelConfig(hidden=(8,), bottleneck=2, seed=3),
+        training=TrainingConfig(stride=64, window=256, batch_size=64, warmup=100,
+                                warmup_epochs=3),
+        threshold=ThresholdConfig(q=0.95, window=300, min_count=20),
+        drift=DriftConfig(history=128, boost_steps=3),
+        regime=RegimeConfig(run_length=150, max_alarm_fraction=0.5, relearn_steps=4),
+    )
+
+
+def stream(n: int = 1500, seed: int = 0, keys: int = 2) -> Batch:
+    """Correlated normal data with point anomalies and a level shift two-thirds through."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 1))
+    x = np.hstack([z, 2 * z, -z]) + 0.1 * rng.normal(size=(n, 3))
+    x[2 * n // 3 :] += 4.0
+    x[rng.choice(n, 15, replace=False)] += rng.normal(0, 5, size=(15, 3))
+    ks = [f"k{i % keys}" for i in range(n)]
+    return Batch.from_arrays(x, keys=ks, timestamps=np.arange(n, dtype=float))
+
+
+def run_split(eng: Engine, batch: Batch, cuts: list[int]) -> list[StepResult]:
+    bounds = [0, *cuts, len(batch)]
+    return [eng.step(batch.slice(a, b)) for a, b in itertools.pairwise(bounds)]
+
+
+def concat(results: list[StepResult]) -> dict[str, np.ndarray]:
+    return {
+        "scores": np.concatenate([r.scores for r in results]),
+        "thresholds": np.concatenate([r.thresholds for r in results]),
+        "flags": np.concatenate([r.is_anomaly for r in results]),
+        "warmup": np.concatenate([r.warmup for r in results]),
+        "errors": np.concatenate([r.feature_errors for r in results]),
+    }
+
+
+def assert_same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def events(results: list[StepResult]) -> list[tuple[str, int]]:
+    return [(e.kind, e.record_index) for r in results for e in r.drift_events]
+
+
+@pytest.fixture(scope="module")
+def data() -> Batch:
+    return stream()
+
+
+@pytest.fixture(scope="module", params=[{}, {"lags": 2, "diffs": True}], ids=["plain", "lags"])
+def reference(request: pytest.FixtureRequest, data: Batch) -> tuple[EngineConfig, list[StepResult]]:
+    cfg = small_config(**request.param)
+    return cfg, [Engine(cfg, NAMES).step(data)]
+
+
+def test_reference_run_learns_flags_and_adapts(
+    reference: tuple[EngineConfig, list[StepResult]],
+) -> None:
+    _, res = reference
+    r = res[0]
+    assert int(r.warmup.sum()) == 100
+    assert not r.is_anomaly[:100].any()
+    assert 0 < int(r.is_anomaly.sum()) < 400
+    assert np.isfinite(r.thresholds[100:]).any()
+    assert r.model_version > 10
+    assert r.feature_errors.shape == (1500, len(r.feature_names))
+    np.testing.assert_allclose(r.feature_errors.mean(axis=1), r.scores, rtol=1e-5)
+    assert events(res), "the level shift must trigger a drift or regime event"
+
+
+@pytest.mark.parametrize("cuts", [
+    [1, 2, 3, 99, 100, 101, 163, 700],
+    sorted(np.random.default_rng(7).choice(np.arange(1, 1500), 60, replace=False).tolist()),
+])
+def test_split_independence(
+    reference: tuple[EngineConfig, list[StepResult]], data: Batch, cuts: list[int]
+) -> None:
+    cfg, ref = reference
+    got = run_split(Engine(cfg, NAMES), data, cuts)
+    assert_same(concat(ref), concat(got))
+    assert events(ref) == events(got)
+
+
+def test_one_row_at_a_time_equals_one_call(
+    reference: tuple[EngineConfig, list[StepResult]], data: Batch
+) -> None:
+    cfg, ref = reference
+    n = 400  # covers warm-up end and several boundaries
+    eng = Engine(cfg, NAMES)
+    got = [eng.step(data.slice(i, i + 1)) for i in range(n)]
+    full = concat(ref)
+    part = concat(got)
+    for key in full:
+        np.testing.assert_array_equal(full[key][:n], part[key], err_msg=key)
+
+
+@pytest.mark.parametrize("cut", [0, 50, 100, 130, 777])
+def test_snapshot_restore_continue_equals_uninterrupted(
+    reference: tuple[EngineConfig, list[StepResult]], data: Batch, cut: int
+) -> None:
+    cfg, ref = reference
+    eng = Engine(cfg, NAMES)
+    first = eng.step(data.slice(0, cut))
+    blob = eng.snapshot()
+    restored = Engine.restore(blob)
+    assert restored.records_seen == cut and restored.model_version == eng.model_version
+    rest = restored.step(data.slice(cut, len(data)))
+    assert_same(concat(ref), concat([first, rest]))
+    assert restored.snapshot() != blob
+
+
+def test_snapshot_is_an_immutable_copy(data: Batch) -> None:
+    eng = Engine(small_config(), NAMES)
+    eng.step(data.slice(0, 300))
+    blob = eng.snapshot()
+    eng.step(data.slice(300, 600))
+    a = Engine.restore(blob).step(data.slice(300, 600))
+    b = Engine.restore(blob).step(data.slice(300, 600))
+    np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_same_seed_same_results_other_seed_differs(data: Batch) -> None:
+    cfg = small_config()
+    a = Engine(cfg, NAMES).step(data.slice(0, 300)).scores
+    b = Engine(cfg, NAMES).step(data.slice(0, 300)).scores
+    other = cfg.model_copy(update={"model": ModelConfig(hidden=(8,), bottleneck=2, seed=4)})
+    c = Engine(other, NAMES).step(data.slice(0, 300)).scores
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_prequential_first_record_scored_by_the_untrained_model(data: Batch) -> None:
+    cfg = small_config()
+    eng = Engine(cfg, NAMES)
+    r = eng.step(data.slice(0, 1))
+    assert eng.model_version == 0
+    assert math.isfinite(r.scores[0]) and r.warmup[0]
+
+
+def test_reject_policy_rejects_non_finite_rows_without_touching_state(data: Batch) -> None:
+    cfg = small_config()
+    values = data.values[:400].copy()
+    values[[5, 150, 151], 1] = np.nan
+    values[200, 0] = np.inf
+    dirty = Batch.from_arrays(values, keys=data.keys[:400])
+    clean_rows = np.setdiff1d(np.arange(400), [5, 150, 151, 200])
+    r = Engine(cfg, NAMES).step(dirty)
+    assert r.rejected == ((5, "non_finite"), (150, "non_finite"), (151, "non_finite"),
+                          (200, "non_finite"))
+    assert np.isnan(r.scores[[5, 150, 151, 200]]).all()
+    assert not r.is_anomaly[[5, 150, 151, 200]].any()
+    clean = Engine(cfg, NAMES).step(Batch.from_arrays(values[clean_rows],
+                                                      keys=[data.keys[i] for i in clean_rows]))
+    np.testing.assert_array_equal(r.scores[clean_rows], clean.scores)
+
+
+def test_ffill_policy_carries_last_value_and_rejects_without_one() -> None:
+    cfg = small_config(missing="ffill")
+    values = np.array([[np.nan, 1, 1], [1, 2, 3], [np.nan, 5, 6], [7, 8, 9]], dtype=np.float32)
+    r = Engine(cfg, NAMES).step(Batch.from_arrays(values, keys=["k", "k", "k", "j"]))
+    assert r.rejected == ((0, "no_previous_value"),)
+    filled = np.array([[1, 2, 3], [1, 5, 6], [7, 8, 9]], dtype=np.float32)
+    ref = Engine(cfg, NAMES).step(Batch.from_arrays(filled, keys=["k", "k", "j"]))
+    np.testing.assert_array_equal(r.scores[1:], ref.scores)
+
+
+def test_gate_keeps_flagged_records_out_of_the_replay_buffer(data: Batch) -> None:
+    eng = Engine(small_config(), NAMES)
+    r = eng.step(data.slice(0, 900))
+    flagged = int(r.is_anomaly[100:].sum())
+    assert flagged > 0
+    # post-warm-up records in replay = accepted minus flagged (window not yet full)
+    assert len(eng._replay) == min(256, 900 - flagged)
+
+
+def test_feature_names_and_lazy_state() -> None:
+    eng = Engine(small_config(lags=1, diffs=True), ["t"])
+    assert eng.feature_names == ("t", "t_lag1", "t_diff")
+    assert (eng.records_seen, eng.model_version, math.isnan(eng.threshold)) == (0, 0, True)
+    restored = Engine.restore(eng.snapshot())
+    assert restored.raw_feature_names == ("t",) and restored.records_seen == 0
+
+
+def test_wrong_width_batch_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        Engine(small_config(), NAMES).step(Batch.from_arrays(np.zeros((2, 2))))
+
+
+def test_restore_rejects_garbage_truncation_and_other_config(data: Batch) -> None:
+    eng = Engine(small_config(), NAMES)
+    eng.step(data.slice(0, 200))
+    blob = eng.snapshot()
+    with pytest.raises(SnapshotError):
+        Engine.restore(b"not a snapshot")
+    with pytest.raises(SnapshotError):
+        Engine.restore(blob[:-10])
+    flipped = bytearray(blob)
+    flipped[len(blob) // 2] ^= 0xFF
+    with pytest.raises(SnapshotError):
+        Engine.restore(bytes(flipped))
+    with pytest.raises(SnapshotError):
+        Engine.restore(blob, config=small_config(lags=1))
+    assert Engine.restore(blob, config=small_config()).records_seen == 200
