@@ -49,6 +49,50 @@ def config_show(config: ConfigOpt = None) -> None:
 # schema alert (schema.py), checkpoint inspect (checkpoint.py)
 
 
+@app.command("run")
+def run_cmd(
+    config: ConfigOpt = None,
+    decisions_topic: Annotated[
+        Optional[str],  # noqa: UP045 - typer needs Optional
+        typer.Option(envvar="STREAM_AE_DECISIONS_TOPIC",
+                     help="Also publish one decision record per partition and batch here."),
+    ] = None,
+) -> None:
+    """Run the detection service: consume, score, publish alerts; Ctrl-C/SIGTERM stops it."""
+    from stream_ae.runner import run_service
+
+    run_service(_settings(config), decisions_topic)
+
+
+@schema_app.command("alert")
+def schema_alert() -> None:
+    """Print the JSON Schema of alert messages."""
+    import json
+
+    from stream_ae.schema import alert_json_schema
+
+    typer.echo(json.dumps(alert_json_schema(), indent=2))
+
+
+@checkpoint_app.command("inspect")
+def checkpoint_inspect(
+    path: Annotated[pathlib.Path, typer.Argument(help="A checkpoint file or directory.")],
+) -> None:
+    """Summarise checkpoints (position, size, validity, feature names) as JSON lines."""
+    import json
+
+    from stream_ae.checkpoint import summarise
+    from stream_ae.errors import SnapshotError
+
+    try:
+        rows = summarise(path)
+    except SnapshotError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+    for row in rows:
+        typer.echo(json.dumps(row))
+
+
 def main() -> None:
     app()
 

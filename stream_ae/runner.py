@@ -511,3 +511,37 @@ def install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
+
+
+def run_service(settings: Settings, decisions_topic: str | None = None,
+                stop: threading.Event | None = None) -> None:
+    """Wire the Kafka adapters, checkpoint store, metrics endpoint and signals; run until stopped.
+
+    The prometheus registry is created here, per process (no import-time state).
+    """
+    from prometheus_client import CollectorRegistry
+
+    from stream_ae.metrics import MetricsServer
+    from stream_ae.sinks.kafka import KafkaSink
+    from stream_ae.sources.kafka import KafkaGroupSource
+
+    stop = stop or threading.Event()
+    install_signal_handlers(stop)
+    registry = CollectorRegistry()
+    health = Health()
+    server = None
+    if settings.metrics.enabled:
+        server = MetricsServer(registry, health, settings.metrics.host, settings.metrics.port)
+        log.info("metrics_listening", host=settings.metrics.host, port=server.start())
+    ck = settings.checkpoint
+    runner = Runner(settings, KafkaGroupSource(settings.kafka, None),
+                    KafkaSink(settings.kafka, decisions_topic),
+                    CheckpointStore(ck.directory, ck.keep), metrics=ServiceMetrics(registry),
+                    health=health)
+    log.info("service_starting", group_id=settings.kafka.group_id,
+             topics=list(settings.kafka.input_topics), guarantee=settings.kafka.guarantee)
+    try:
+        runner.run(stop)
+    finally:
+        if server is not None:
+            server.stop()
