@@ -42,8 +42,11 @@ _SUFFIXES: dict[str, Format] = {
 }
 _SEPARATORS = (",", ";", "\t", "|")
 _MISSING = frozenset({"", "nan", "NaN", "NA", "null", "None"})
-_TIME_GUESSES = ("timestamp", "time", "datetime", "date")
-_LABEL_GUESSES = ("label",)
+# roles guessed from column names when not given: a label or a timestamp column taken for
+# a feature would leak the answer or add a meaningless ramp
+_TIME_GUESSES = ("ts", "timestamp", "time", "datetime", "date")
+_LABEL_GUESSES = ("label", "anomaly", "is_anomaly")
+_KEY_GUESSES = ("key",)
 _MS_EPOCH = 1e11  # numeric timestamps above this are milliseconds
 
 
@@ -51,7 +54,9 @@ _MS_EPOCH = 1e11  # numeric timestamps above this are milliseconds
 class Columns:
     """Which input columns hold the timestamp, the label, the key and the features.
 
-    Empty ``features`` means every other column whose values are numbers.
+    Unset roles are guessed from common column names (timestamp: ``ts``, ``timestamp``,
+    ``time``, ``datetime``, ``date``; label: ``label``, ``anomaly``, ``is_anomaly``; key:
+    ``key``). Empty ``features`` means every other column whose values are numbers.
     """
 
     timestamp: str | None = None
@@ -299,7 +304,8 @@ def resolve_columns(frame: pd.DataFrame, wanted: Columns) -> Columns:
             raise ConfigError(f"{role} column {col!r} is not in the input (columns: {names})")
     ts = wanted.timestamp or _first_present(names, _TIME_GUESSES)
     label = wanted.label or _first_present(names, _LABEL_GUESSES)
-    taken = {ts, label, wanted.key}
+    key = wanted.key or _first_present(names, _KEY_GUESSES)
+    taken = {ts, label, key}
     if wanted.features:
         missing = [f for f in wanted.features if f not in names]
         if missing:
@@ -309,7 +315,7 @@ def resolve_columns(frame: pd.DataFrame, wanted: Columns) -> Columns:
         features = tuple(c for c in names if c not in taken and _mostly_numeric(frame[c]))
     if not features:
         raise ConfigError(f"no numeric feature columns in the input (columns: {names})")
-    return Columns(timestamp=ts, label=label, key=wanted.key, features=features)
+    return Columns(timestamp=ts, label=label, key=key, features=features)
 
 
 def _first_present(names: Sequence[str], guesses: Sequence[str]) -> str | None:

@@ -1,13 +1,14 @@
 """A sensor simulator with known anomalies and one known drift, for demos, samples and tests.
 
-Each device has sensors driven by two shared latent factors (a daily cycle plus a
+Devices are similar machines (shared structure, small differences). Each has sensors
+driven by two latent factors (a daily cycle plus a
 slow AR(1) load), so its sensors are correlated; each reading adds Gaussian noise.
 After ``anomalies_after`` seconds of event time it injects
 
 * point anomalies: one record with a 5-9 sd spike on one sensor (``label`` 1);
-* collective anomalies: a run of records where one sensor is stuck at its last
-  value (the correlation with the others breaks; every record of the run has
-  ``label`` 1);
+* collective anomalies: a run of records where one sensor is shifted by 2-4
+  typical spreads (its correlation with the others breaks; every record of the
+  run has ``label`` 1);
 
 and at ``drift_at`` the normal behaviour of every device changes for good (offsets
 move and one sensor's loadings rotate). The drift is *not* labelled: it is a new
@@ -73,8 +74,8 @@ class SimulationConfig:
     interval_s: float = 1.0
     day_s: float = 86_400.0
     noise: float = 0.05
-    point_rate: float = 0.002
-    collective_rate: float = 0.0005
+    point_rate: float = 0.003
+    collective_rate: float = 0.001
     collective_len: tuple[int, int] = (20, 60)
     anomalies_after: float = 600.0
     drift_at: float | None = None
@@ -148,13 +149,16 @@ class SensorSimulator:
         names = ("params", "noise", "load", "point", "collective", "drift")
         self._rngs = {n: np.random.default_rng(s) for n, s in zip(names, seeds, strict=True)}
         p = self._rngs["params"]
-        self._base = p.uniform(1.0, 10.0, (c.devices, c.sensors))
-        self._loadings = p.normal(0.0, 1.0, (c.devices, c.sensors, _FACTORS))
+        # a fleet of similar machines: shared structure, small differences per device
+        self._base = p.uniform(1.0, 10.0, c.sensors) + p.normal(0.0, 0.1, (c.devices, c.sensors))
+        self._loadings = (p.normal(0.0, 1.0, (c.sensors, _FACTORS))
+                          + p.normal(0.0, 0.05, (c.devices, c.sensors, _FACTORS)))
         self._phase = p.uniform(0.0, 2 * math.pi, c.devices)
         self._load = np.zeros(c.devices)
-        self._stuck_left = np.zeros(c.devices, dtype=np.int64)
-        self._stuck_sensor = np.zeros(c.devices, dtype=np.int64)
-        self._last = np.zeros((c.devices, c.sensors))
+        self._run_left = np.zeros(c.devices, dtype=np.int64)
+        self._run_sensor = np.zeros(c.devices, dtype=np.int64)
+        self._run_shift = np.zeros(c.devices)
+        self._spread = np.abs(self._loadings).sum(axis=2) + c.noise
         d = self._rngs["drift"]
         self._drift_offset = d.normal(0.0, 1.5, (c.devices, c.sensors))
         self._drift_loadings = d.normal(0.0, 1.0, (c.devices, _FACTORS))
@@ -187,15 +191,15 @@ class SensorSimulator:
         c = self.config
         normal = self._normal(elapsed)
         point_mask, point_vals = self._points(normal, active=elapsed >= c.anomalies_after)
-        stuck = self._collective(active=elapsed >= c.anomalies_after)
+        in_run = self._collective(active=elapsed >= c.anomalies_after)
         out = np.where(point_mask, point_vals, normal)
-        rows = np.flatnonzero(stuck)
-        out[rows, self._stuck_sensor[rows]] = self._last[rows, self._stuck_sensor[rows]]
-        self._last = np.where(stuck[:, None], self._last, out)
+        rows = np.flatnonzero(in_run)
+        cols = self._run_sensor[rows]
+        out[rows, cols] += self._run_shift[rows] * self._spread[rows, cols]
         is_point: Bool = np.asarray(point_mask.any(axis=1), dtype=np.bool_)
-        labels = (is_point | stuck).astype(np.int64)
+        labels = (is_point | in_run).astype(np.int64)
         kinds = ["collective" if s else ("point" if p else "") for p, s in
-                 zip(is_point, stuck, strict=True)]
+                 zip(is_point, in_run, strict=True)]
         return out, labels, kinds
 
     def _normal(self, elapsed: float) -> F64:
@@ -222,8 +226,7 @@ class SensorSimulator:
         mask = np.zeros((c.devices, c.sensors), dtype=np.bool_)
         if active:
             mask[np.arange(c.devices), sensor] = hit
-        spread = np.abs(self._loadings).sum(axis=2) + c.noise
-        return mask, normal + size[:, None] * spread
+        return mask, normal + size[:, None] * self._spread
 
     def _collective(self, active: bool) -> np.ndarray:
         assert self._rngs is not None
@@ -231,12 +234,14 @@ class SensorSimulator:
         start = r.random(c.devices) < c.collective_rate
         length = r.integers(c.collective_len[0], c.collective_len[1] + 1, c.devices)
         sensor = r.integers(0, c.sensors, c.devices)
-        begin = start & (self._stuck_left == 0) & active
-        self._stuck_left = np.where(begin, length, self._stuck_left)
-        self._stuck_sensor = np.where(begin, sensor, self._stuck_sensor)
-        stuck = self._stuck_left > 0
-        self._stuck_left = np.maximum(self._stuck_left - 1, 0)
-        return stuck
+        shift = r.uniform(2.0, 4.0, c.devices) * r.choice([-1.0, 1.0], c.devices)
+        begin = start & (self._run_left == 0) & active
+        self._run_left = np.where(begin, length, self._run_left)
+        self._run_sensor = np.where(begin, sensor, self._run_sensor)
+        self._run_shift = np.where(begin, shift, self._run_shift)
+        in_run: Bool = self._run_left > 0
+        self._run_left = np.maximum(self._run_left - 1, 0)
+        return in_run
 
 
 def simulate_frame(config: SimulationConfig, steps: int) -> pd.DataFrame:

@@ -1,0 +1,376 @@
+"""Backtests: the live service's Engine over a file or a historical topic, with metrics and reports.
+
+A file backtest reads CSV / JSON Lines / Parquet in large chunks (the engine's
+results do not depend on how records are split into steps), writes one prediction
+row per input row in input order, and, when labels exist, computes precision,
+recall, F1, ROC-AUC and the detection delay of each labelled episode. Both file and
+topic backtests fill a :class:`~stream_ae.report.ReportData` and write the same
+PNG and HTML reports.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import pathlib
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import structlog
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from stream_ae.config import Settings
+from stream_ae.engine import Engine
+from stream_ae.errors import SourceError
+from stream_ae.evaluation import (
+    EpisodeDelay,
+    Metrics,
+    classification_metrics,
+    delay_summary,
+    delays_by_group,
+    evaluable,
+)
+from stream_ae.readers import BadRow, Chunk, Columns, Format, TableReader
+from stream_ae.records import F64, I64, Bool, StepResult
+from stream_ae.report import DriftMark, ReportData, TopAlert, write_html, write_png
+
+log = structlog.get_logger()
+
+TOP_ALERTS = 20
+MAX_BAD_ROWS_SHOWN = 200
+
+
+@dataclass(frozen=True)
+class BacktestSummary:
+    """What a backtest produced: counts, quality and the files written."""
+
+    records: int
+    scored: int
+    alerts: int
+    bad_rows: int
+    drift_events: int
+    elapsed_s: float
+    predictions: pathlib.Path
+    html: pathlib.Path
+    png: pathlib.Path | None = None
+    metrics: Metrics | None = None
+    delay: Mapping[str, float] = field(default_factory=dict)
+    bad_examples: tuple[BadRow, ...] = ()
+
+    @property
+    def records_per_s(self) -> float:
+        return self.records / self.elapsed_s if self.elapsed_s > 0 else math.nan
+
+
+# --------------------------------------------------------------------------- progress
+@contextmanager
+def progress_bar(description: str, total: float | None, enabled: bool = True
+                 ) -> Iterator[Progress]:
+    """A rich progress bar with ETA on stderr; silent when stderr is not a terminal."""
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[records]:,} records"), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(),
+        console=console, disable=not (enabled and console.is_terminal),
+    )
+    with bar:
+        bar.add_task(description, total=total, records=0)
+        yield bar
+
+
+# --------------------------------------------------------------------------- collecting
+class ResultCollector:
+    """Accumulates per-row results of one backtest for metrics and the report.
+
+    Parameters
+    ----------
+    feature_names
+        The model inputs named in ``StepResult.feature_errors``.
+    top_k
+        How many of the most exceeding alerts keep their per-feature errors.
+
+    Examples
+    --------
+    >>> c = ResultCollector(("x",))
+    >>> c.add_rows(["a"], np.array([0.0]), np.array([2.0]), np.array([1.0]),
+    ...            np.array([True]), np.array([False]), np.array([1]), np.array([7]))
+    >>> c.frame()[["group", "score", "is_anomaly", "label"]].values.tolist()
+    [['a', 2.0, True, 1]]
+    """
+
+    def __init__(self, feature_names: Sequence[str], top_k: int = TOP_ALERTS) -> None:
+        self.feature_names = tuple(feature_names)
+        self.top_k = top_k
+        self._cols: dict[str, list[Any]] = {k: [] for k in
+                                            ("group", "time", "score", "threshold",
+                                             "is_anomaly", "warmup", "label", "row")}
+        self._top: list[tuple[float, int, TopAlert]] = []
+        self._drift: list[DriftMark] = []
+        self._bad: list[BadRow] = []
+        self._unread = 0  # bad rows that never reached the engine (not in the frame)
+        self._rejected = 0  # rows the engine rejected (in the frame, NaN score)
+
+    def add_rows(self, groups: Sequence[str], times: F64, scores: F64, thresholds: F64,
+                 flags: Bool, warmup: Bool, labels: I64, rows: I64) -> None:
+        """Append rows (NaN score: not scored)."""
+        for name, values in zip(self._cols, (list(groups), times, scores, thresholds, flags,
+                                             warmup, labels, rows), strict=True):
+            self._cols[name].append(np.asarray(values))
+
+    def add_step(self, groups: Sequence[str], times: F64, labels: I64 | None, rows: I64,
+                 res: StepResult) -> None:
+        """Append the rows of one engine step and remember its top alerts and drift events."""
+        lab = labels if labels is not None else np.full(len(res), -1, np.int64)
+        self.add_rows(groups, times, res.scores, res.thresholds, res.is_anomaly, res.warmup,
+                      lab, rows)
+        for i in map(int, np.flatnonzero(res.is_anomaly)):
+            self._offer_alert(groups[i], float(times[i]), int(rows[i]), res, i)
+        for e in res.drift_events:
+            j = min(e.batch_index, len(res) - 1)
+            self._drift.append(DriftMark(groups[j], float(times[j]), int(rows[j]), e.kind,
+                                         e.detector, e.action))
+            log.info("backtest_drift", group=groups[j], row=int(rows[j]), kind=e.kind,
+                     detector=e.detector, action=e.action)
+
+    def _offer_alert(self, group: str, t: float, row: int, res: StepResult, i: int) -> None:
+        ratio = float(res.scores[i] / res.thresholds[i]) if res.thresholds[i] > 0 else math.inf
+        if len(self._top) >= self.top_k and ratio <= self._top[0][0]:
+            return
+        contrib = tuple(res.top_features(i, k=len(res.feature_names)))
+        alert = TopAlert(group, t, row, float(res.scores[i]), float(res.thresholds[i]), contrib)
+        item = (ratio, row, alert)
+        if len(self._top) < self.top_k:
+            heapq.heappush(self._top, item)
+        else:
+            heapq.heapreplace(self._top, item)
+
+    def add_bad(self, bad: Sequence[BadRow], rejected: bool = False) -> None:
+        """Count bad rows (``rejected``: by the engine, so also in the frame); keep the first
+        ``MAX_BAD_ROWS_SHOWN`` for the report."""
+        if rejected:
+            self._rejected += len(bad)
+        else:
+            self._unread += len(bad)
+        room = MAX_BAD_ROWS_SHOWN - len(self._bad)
+        if room > 0:
+            self._bad.extend(bad[:room])
+
+    @property
+    def bad_count(self) -> int:
+        return self._unread + self._rejected
+
+    @property
+    def records(self) -> int:
+        """Input rows seen: scored or rejected rows plus rows that could not be read."""
+        return sum(len(r) for r in self._cols["row"]) + self._unread
+
+    @property
+    def bad_rows(self) -> tuple[BadRow, ...]:
+        return tuple(self._bad)
+
+    def frame(self) -> pd.DataFrame:
+        """Every row so far in the report layout (plus ``row``: line or offset)."""
+        cols = {k: (np.concatenate(v) if v else np.array([])) for k, v in self._cols.items()}
+        frame = pd.DataFrame(cols)
+        frame["group"] = frame["group"].astype(str)
+        frame["is_anomaly"] = frame["is_anomaly"].astype(bool)
+        frame["warmup"] = frame["warmup"].astype(bool)
+        frame["label"] = frame["label"].astype(np.int64)
+        return frame
+
+    def report_data(self, title: str, facts: Mapping[str, Any]) -> ReportData:
+        """Metrics, delays and everything the report draws."""
+        frame = self.frame()
+        metrics, delays = evaluate_frame(frame)
+        return ReportData(
+            title=title, frame=frame, feature_names=self.feature_names,
+            top_alerts=[a for _, _, a in sorted(self._top, key=lambda x: -x[0])],
+            drift=tuple(self._drift), bad_rows=self.bad_rows, bad_row_count=self.bad_count,
+            metrics=None if metrics is None else {**metrics.as_dict(), **delay_summary(delays)},
+            delays=delays, facts=facts,
+        )
+
+
+def evaluate_frame(frame: pd.DataFrame) -> tuple[Metrics | None, list[EpisodeDelay]]:
+    """Metrics over labelled, scored rows after warm-up; delays per group (None without labels)."""
+    labels = frame["label"].to_numpy(np.int64)
+    if not (labels >= 0).any():
+        return None, []
+    scores = frame["score"].to_numpy(np.float64)
+    warm = frame["warmup"].to_numpy(np.bool_)
+    flags = frame["is_anomaly"].to_numpy(np.bool_)
+    mask = evaluable(labels, scores, warm)
+    metrics = classification_metrics(labels[mask], flags[mask], scores[mask])
+    counted = np.where(mask, labels, -1)
+    delays = delays_by_group(frame["group"].tolist(), counted, flags,
+                             frame["time"].to_numpy(np.float64))
+    return metrics, delays
+
+
+# --------------------------------------------------------------------------- predictions
+class PredictionWriter:
+    """Appends prediction rows to a CSV file, header first.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> w = PredictionWriter(pathlib.Path(tempfile.mkdtemp()) / "p.csv")
+    >>> w.write(pd.DataFrame({"score": [1.5]})); w.write(pd.DataFrame({"score": [2.0]}))
+    >>> w.path.read_text().split()
+    ['score', '1.5', '2.0']
+    """
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        self._started = False
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if not self._started:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(self.path, mode="a" if self._started else "w", header=not self._started,
+                     index=False, float_format="%.6g")
+        self._started = True
+
+
+def file_predictions(chunk: Chunk, res: StepResult | None, roles: Columns) -> pd.DataFrame:
+    """One row per input row of ``chunk`` (good and bad) in line order."""
+    n = len(chunk)
+    score = np.full(n, np.nan) if res is None else res.scores
+    error = [""] * n
+    if res is not None:
+        for row, reason in res.rejected:
+            error[row] = f"rejected:{reason}"
+    good: dict[str, Any] = {"line": chunk.lines}
+    if roles.timestamp is not None:
+        good["timestamp"] = chunk.timestamp_text or [""] * n
+    if roles.key is not None:
+        good["key"] = chunk.keys
+    good.update(score=score, threshold=np.full(n, np.nan) if res is None else res.thresholds,
+                is_anomaly=np.zeros(n, np.int8) if res is None else res.is_anomaly.astype(np.int8),
+                warmup=np.zeros(n, np.int8) if res is None else res.warmup.astype(np.int8))
+    if roles.label is not None and chunk.labels is not None:
+        good["label"] = chunk.labels
+    good["error"] = error
+    frame = pd.DataFrame(good)
+    if chunk.bad:
+        bad = pd.DataFrame({"line": [b.line for b in chunk.bad], "is_anomaly": 0, "warmup": 0,
+                            "error": [f"{b.reason}: {b.detail}" for b in chunk.bad]})
+        frame = pd.concat([frame, bad], ignore_index=True).sort_values("line", kind="stable")
+        frame[["is_anomaly", "warmup"]] = frame[["is_anomaly", "warmup"]].astype(np.int8)
+    if "label" in frame:
+        frame["label"] = frame["label"].astype("Int64")
+    return frame
+
+
+def rejected_rows(chunk: Chunk, res: StepResult) -> list[BadRow]:
+    """Rows the engine's feature stage rejected, as bad rows with their line numbers."""
+    return [BadRow(int(chunk.lines[r]), f"rejected:{reason}", "") for r, reason in res.rejected]
+
+
+# --------------------------------------------------------------------------- file backtest
+@dataclass(frozen=True)
+class FileInput:
+    """A file to backtest and how to read it."""
+
+    path: pathlib.Path
+    columns: Columns = field(default_factory=Columns)
+    fmt: Format | None = None
+    sep: str | None = None
+    chunk_rows: int = 65_536
+
+
+def run_file_backtest(settings: Settings, source: FileInput, output: pathlib.Path,
+                      progress: bool = True) -> BacktestSummary:
+    """Score every row of ``source`` with one engine; write predictions, PNG and HTML."""
+    started = time.perf_counter()
+    columns = source.columns
+    if not columns.features and settings.engine.features.names:
+        columns = replace(columns, features=settings.engine.features.names)
+    reader = TableReader(source.path, columns, source.fmt, source.sep, source.chunk_rows)
+    writer = PredictionWriter(output)
+    engine: Engine | None = None
+    collector: ResultCollector | None = None
+    with progress_bar("backtest", reader.size_bytes(), progress) as bar:
+        for chunk in reader:
+            if engine is None:
+                engine, collector = _start(settings, reader)
+            assert collector is not None
+            res = engine.step(chunk.to_batch()) if len(chunk) else None
+            writer.write(file_predictions(chunk, res, reader.roles))
+            _collect_chunk(collector, chunk, res)
+            bar.update(bar.task_ids[0], completed=chunk.bytes_read, records=collector.records)
+    if collector is None:
+        raise SourceError(f"{source.path} holds no rows")
+    return finish(collector, output, f"Backtest of {source.path.name}",
+                  {"input": str(source.path), "features": ", ".join(reader.feature_names)},
+                  started)
+
+
+def _start(settings: Settings, reader: TableReader) -> tuple[Engine, ResultCollector]:
+    engine = Engine(settings.engine, reader.feature_names)
+    log.info("backtest_started", input=str(reader.path), features=list(reader.feature_names),
+             timestamp=reader.roles.timestamp, label=reader.roles.label, key=reader.roles.key,
+             warmup=settings.engine.training.warmup)
+    return engine, ResultCollector(reader.feature_names)
+
+
+def _collect_chunk(collector: ResultCollector, chunk: Chunk, res: StepResult | None) -> None:
+    collector.add_bad(chunk.bad)
+    if res is None:
+        return
+    collector.add_step(chunk.keys, chunk.timestamps, chunk.labels, chunk.lines, res)
+    collector.add_bad(rejected_rows(chunk, res), rejected=True)
+
+
+def finish(collector: ResultCollector, output: pathlib.Path, title: str,
+           facts: Mapping[str, Any], started: float) -> BacktestSummary:
+    """Compute metrics, write the PNG and HTML beside ``output`` and summarise."""
+    frame = collector.frame()
+    elapsed = time.perf_counter() - started
+    scored = int(np.isfinite(frame["score"].to_numpy(np.float64)).sum())
+    records = collector.records
+    all_facts = {**facts, "records": records, "scored": scored,
+                 "alerts": int(frame["is_anomaly"].sum()), "bad rows": collector.bad_count,
+                 "warm-up rows": int(frame["warmup"].sum()), "elapsed s": round(elapsed, 2)}
+    data = collector.report_data(title, all_facts)
+    png = write_png(data, output.with_suffix(".png"))
+    html_path = write_html(data, output.with_suffix(".html"))
+    metrics, delays = evaluate_frame(frame)
+    summary = BacktestSummary(
+        records=records, scored=scored, alerts=int(frame["is_anomaly"].sum()),
+        bad_rows=collector.bad_count, drift_events=len(data.drift), elapsed_s=elapsed,
+        predictions=output, html=html_path, png=png, metrics=metrics,
+        delay=delay_summary(delays) if metrics is not None else {},
+        bad_examples=collector.bad_rows[:10],
+    )
+    log.info("backtest_finished", records=records, alerts=summary.alerts,
+             bad_rows=summary.bad_rows, elapsed_s=round(elapsed, 2), predictions=str(output),
+             report=str(html_path))
+    return summary
+
+
+def settings_with(settings: Settings, features: Sequence[str] | None = None,
+                  warmup: int | None = None) -> Settings:
+    """``settings`` with CLI overrides of the feature list and the warm-up length."""
+    engine = settings.engine
+    if features:
+        engine = engine.model_copy(update={"features": engine.features.model_copy(
+            update={"names": tuple(features)})})
+    if warmup is not None:
+        engine = engine.model_copy(update={"training": engine.training.model_copy(
+            update={"warmup": warmup})})
+    return settings.model_copy(update={"engine": engine})
