@@ -93,7 +93,10 @@ def default_engine_factory(settings: Settings) -> tuple[Callable[[Sequence[str]]
         return Engine(settings.engine, names)  # type: ignore[return-value]
 
     def restore(blob: bytes) -> EngineLike:
-        return Engine.restore(blob)  # type: ignore[return-value]
+        eng = Engine.restore(blob)
+        if eng.config != settings.engine:  # the state was learned under it: keep it
+            log.warning("checkpoint_engine_config_differs", action="kept the checkpoint's")
+        return eng  # type: ignore[return-value]
 
     return make, restore
 

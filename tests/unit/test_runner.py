@@ -1,0 +1,161 @@
+"""Runner with the in-memory group source and sink, and the real engine (small config)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import orjson
+import pytest
+import torch
+from structlog.testing import capture_logs
+
+from stream_ae.checkpoint import CheckpointStore
+from stream_ae.config import Settings
+from stream_ae.engine import Engine
+from stream_ae.records import Batch
+from stream_ae.runner import Runner
+from stream_ae.sinks.memory import MemorySink
+from stream_ae.testing import MemoryGroupSource, ThresholdEngine
+
+torch.set_num_threads(1)
+NAMES = ("a", "b", "c")
+TP0 = ("s", 0)
+
+
+def small_settings(tmp: pathlib.Path, max_records: int = 64, **kw: object) -> Settings:
+    data = {
+        "engine": {"features": {"names": list(NAMES)},
+                   "model": {"hidden": [8], "bottleneck": 2},
+                   "training": {"warmup": 100, "window": 128, "batch_size": 64, "stride": 32,
+                                "warmup_epochs": 3},
+                   "threshold": {"window": 100, "q": 0.97}},
+        "batching": {"max_records": max_records, "max_wait_ms": 50},
+        "checkpoint": {"directory": str(tmp / "ckpt"), "interval_records": 150, "keep": 2},
+    }
+    return Settings.load(None, **{**data, **kw})
+
+
+def stream(n: int, seed: int = 0) -> tuple[list[bytes], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, len(NAMES)))
+    x[rng.choice(np.arange(150, n), size=n // 50, replace=False)] += 8.0
+    msgs = [orjson.dumps({"key": f"k{i % 3}", "ts": 1000.0 + i, **dict(zip(NAMES, row.tolist()))})
+            for i, row in enumerate(x)]
+    return msgs, x
+
+
+def offline_flags(settings: Settings, x: np.ndarray) -> list[int]:
+    eng = Engine(settings.engine, NAMES)
+    keys = [f"k{i % 3}" for i in range(len(x))]
+    res = eng.step(Batch.from_arrays(x, keys=keys, timestamps=1000.0 + np.arange(len(x))))
+    return np.flatnonzero(res.is_anomaly).tolist()
+
+
+def run(settings: Settings, src: MemoryGroupSource, sink: MemorySink) -> Runner:
+    r = Runner(settings, src, sink, CheckpointStore(settings.checkpoint.directory,
+                                                    settings.checkpoint.keep))
+    with capture_logs():
+        r.run_until_idle()
+    return r
+
+
+def test_alerts_equal_offline_engine_flags(tmp_path: pathlib.Path) -> None:
+    settings = small_settings(tmp_path, max_records=37)
+    msgs, x = stream(600)
+    sink = MemorySink()
+    run(settings, MemoryGroupSource({TP0: msgs}, max_per_poll=23), sink)
+    expected = offline_flags(settings, x)
+    assert len(expected) > 5
+    assert [a.position.offset for a in sink.alerts if a.position] == expected
+    assert sink.offsets == {TP0: 600}
+    a = sink.alerts[0]
+    assert a.alert_id == f"s/0/{expected[0]}"
+    assert a.features == pytest.approx(dict(zip(NAMES, x[expected[0]].tolist())))
+    assert a.key == f"k{expected[0] % 3}" and a.timestamp == 1000.0 + expected[0]
+    assert a.score > a.threshold and len(a.top_features) == 3
+
+
+def test_every_offset_gets_one_decision_and_bad_input_is_dead_lettered(
+        tmp_path: pathlib.Path) -> None:
+    good = [orjson.dumps({"a": 1.0, "b": 2.0, "c": float(i)}) for i in range(6)]
+    bad = [b"{not json", None, b"[1, 2]", b'{"a": 1, "b": 2}', b'{"a": "x", "b": 1, "c": 1}',
+           b'{"a": NaN, "b": 1, "c": 1}', b'{"a": 1, "b": 1, "c": 1, "ts": "yesterday"}',
+           b'{"a": 1, "b": 1, "c": 1e39}']
+    msgs = [m for pair in zip(good, bad, strict=False) for m in pair] + good[len(bad):] + bad[6:]
+    settings = small_settings(tmp_path)
+    sink = MemorySink()
+    run(settings, MemoryGroupSource({TP0: msgs}), sink)
+    reasons = {d.original.position.offset: d.reason for d in sink.dead_letters}
+    assert sorted(reasons.values()) == sorted(["invalid_json", "empty", "not_object",
+                                              "missing_feature", "non_numeric", "non_finite",
+                                              "bad_timestamp", "non_finite"])
+    assert all(msgs[o] is None or msgs[o] == d.original.value
+               for o, d in zip(reasons, sink.dead_letters, strict=True))
+    covered = [o for d in sink.decisions for o in range(d.start, d.end)]
+    assert covered == list(range(len(msgs)))
+    assert sorted(o for d in sink.decisions for o in d.dead_letters) == sorted(reasons)
+
+
+def test_engine_rejections_become_dead_letters(tmp_path: pathlib.Path) -> None:
+    msgs = [b'{"a": 1}', b'{"a": NaN}', b'{"a": 9}']
+    settings = small_settings(tmp_path, engine={"features": {"names": ["a"], "missing": "ffill"}})
+    sink = MemorySink()
+    src = MemoryGroupSource({TP0: msgs})
+    r = Runner(settings, src, sink, CheckpointStore(tmp_path / "c"),
+               make_engine=lambda n: ThresholdEngine(n, 5.0), restore_engine=ThresholdEngine.restore)
+    with capture_logs():
+        r.run_until_idle()
+    assert [(d.reason, d.original.position.offset) for d in sink.dead_letters] == [
+        ("rejected:non_finite", 1)]
+    assert [a.alert_id for a in sink.alerts] == ["s/0/2"]
+
+
+def test_restart_replays_without_publishing_and_loses_nothing(tmp_path: pathlib.Path) -> None:
+    settings = small_settings(tmp_path, max_records=40)
+    msgs, x = stream(700, seed=1)
+    first = MemorySink()
+    src = MemoryGroupSource({TP0: msgs[:430]})
+    run(settings, src, first)
+    # the crash: the newest checkpoints are lost, so the restart must replay silently
+    store = CheckpointStore(settings.checkpoint.directory)
+    newest = store.paths(*TP0)[-1]
+    newest.unlink()
+    assert store.load(*TP0).position < 430
+    second = MemorySink()
+    run(settings, MemoryGroupSource({TP0: msgs}, committed=src.committed), second)
+    ids = [a.alert_id for a in first.alerts] + [a.alert_id for a in second.alerts]
+    assert ids == [f"s/0/{o}" for o in offline_flags(settings, x)]
+    assert min(d.start for d in second.decisions) == 430
+
+
+def test_revoke_checkpoints_and_hands_over(tmp_path: pathlib.Path) -> None:
+    settings = small_settings(tmp_path)
+    msgs, x = stream(300, seed=2)
+    src = MemoryGroupSource({TP0: msgs})
+    sink = MemorySink()
+    r = Runner(settings, src, sink, CheckpointStore(settings.checkpoint.directory))
+    with capture_logs() as logs:
+        r._open()
+        for _ in range(3):
+            r.cycle(idle_timeout=0.0)
+        r.flush_pending()
+        src.revoke([TP0])
+    done = src.committed[TP0]
+    assert CheckpointStore(settings.checkpoint.directory).load(*TP0).position == done
+    assert "checkpoint_written" in [e["event"] for e in logs]
+    other = MemorySink()
+    run(settings, MemoryGroupSource({TP0: msgs}, committed=src.committed), other)
+    ids = [a.alert_id for a in sink.alerts + other.alerts]
+    assert ids == [f"s/0/{o}" for o in offline_flags(settings, x)]
+
+
+def test_feature_names_inferred_and_persisted(tmp_path: pathlib.Path) -> None:
+    settings = small_settings(tmp_path, engine={"features": {"names": []}})
+    msgs = [b"junk"] + [orjson.dumps({"key": "k", "ts": 1.0, "u": 1.0, "site": "x", "v": 2.0})] * 5
+    sink = MemorySink()
+    run(settings, MemoryGroupSource({TP0: msgs}), sink)
+    ckpt = CheckpointStore(settings.checkpoint.directory).load(*TP0)
+    assert ckpt.feature_names == ("u", "v")
+    assert ckpt.position == 6 and ckpt.engine is not None
+    assert [d.reason for d in sink.dead_letters] == ["invalid_json"]
