@@ -202,7 +202,7 @@ def test_empty_file_means_defaults(tmp_path: pathlib.Path) -> None:
 def test_settings_are_frozen() -> None:
     s = Settings.load()
     with pytest.raises(pydantic.ValidationError):
-        s.engine.threshold.q = 0.5  # type: ignore[misc]
+        s.engine.threshold.q = 0.5
 
 
 def test_config_show_round_trips(tmp_path: pathlib.Path) -> None:

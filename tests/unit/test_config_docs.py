@@ -63,7 +63,7 @@ def test_row_shows_type_constraints_and_default(gen: types.ModuleType) -> None:
         "| > 0.0, < 1.0 | `0.995` |  |"
     )
     topics = gen.field_row(("kafka", "input_topics"), KafkaConfig.model_fields["input_topics"])
-    assert '`list[str]`' in topics and '`["sensors"]`' in topics
+    assert "`list[str]`" in topics and '`["sensors"]`' in topics
     events = gen.field_row(("kafka", "events_topic"), KafkaConfig.model_fields["events_topic"])
     assert "`str \\| null`" in events and "null disables them" in events
 
