@@ -43,7 +43,7 @@ from stream_ae.evaluation import (
     delays_by_group,
     evaluable,
 )
-from stream_ae.readers import BadRow, Chunk, Columns, Format, TableReader
+from stream_ae.readers import ALL_COLUMNS, BadRow, Chunk, Columns, Format, TableReader
 from stream_ae.records import F64, I64, Bool, StepResult
 from stream_ae.report import DriftMark, ReportData, TopAlert, write_html, write_png
 
@@ -231,7 +231,7 @@ class PredictionWriter:
     >>> w = PredictionWriter(pathlib.Path(tempfile.mkdtemp()) / "p.csv")
     >>> w.write(pd.DataFrame({"score": [1.5]})); w.write(pd.DataFrame({"score": [2.0]}))
     >>> w.path.read_text().split()
-    ['score', '1.5', '2.0']
+    ['score', '1.5', '2']
     """
 
     def __init__(self, path: pathlib.Path) -> None:
@@ -287,7 +287,7 @@ class FileInput:
     """A file to backtest and how to read it."""
 
     path: pathlib.Path
-    columns: Columns = field(default_factory=Columns)
+    columns: Columns = ALL_COLUMNS
     fmt: Format | None = None
     sep: str | None = None
     chunk_rows: int = 65_536

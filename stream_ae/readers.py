@@ -65,6 +65,9 @@ class Columns:
     features: tuple[str, ...] = ()
 
 
+ALL_COLUMNS = Columns()  # no roles given: guess them, every numeric column a feature
+
+
 @dataclass(frozen=True, slots=True)
 class BadRow:
     """An input row that cannot become a record: where it is and why."""
@@ -153,7 +156,7 @@ class TableReader:
     def __init__(
         self,
         path: str | pathlib.Path,
-        columns: Columns = Columns(),
+        columns: Columns = ALL_COLUMNS,
         fmt: Format | None = None,
         sep: str | None = None,
         chunk_rows: int = 65_536,
