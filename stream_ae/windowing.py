@@ -193,6 +193,8 @@ class FeatureStage:
             hist = rows[start : start + 1]
         rej = [(i, REJECT_NO_PREVIOUS) for i in range(start)]
         acc = np.arange(start, rows.shape[0], dtype=np.int64)
+        if acc.size == 0:
+            return acc, rows[:0], rej
         return acc, _ffill(rows[start:], finite[start:], hist[0]), rej
 
     def get_state(self) -> dict[str, Any]:
