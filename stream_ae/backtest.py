@@ -31,10 +31,12 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 
-from stream_ae.config import Settings
+from stream_ae.checkpoint import CheckpointStore, read_checkpoint
+from stream_ae.config import KafkaConfig, Settings
 from stream_ae.engine import Engine
-from stream_ae.errors import SourceError
+from stream_ae.errors import ConfigError, SourceError
 from stream_ae.evaluation import (
     EpisodeDelay,
     Metrics,
@@ -44,8 +46,19 @@ from stream_ae.evaluation import (
     evaluable,
 )
 from stream_ae.readers import ALL_COLUMNS, BadRow, Chunk, Columns, Format, TableReader
-from stream_ae.records import F64, I64, Bool, StepResult
+from stream_ae.records import F64, I64, Alert, Batch, Bool, SourcePosition, StepResult
 from stream_ae.report import DriftMark, ReportData, TopAlert, write_html, write_png
+from stream_ae.serde import (
+    Decoded,
+    Decoder,
+    RawBlock,
+    dead_letter,
+    encode_alert,
+    infer_feature_names,
+    message_id,
+)
+from stream_ae.sinks.kafka import KafkaSink
+from stream_ae.sources.replay import ReplayStart, TopicReplaySource
 
 log = structlog.get_logger()
 
@@ -374,3 +387,270 @@ def settings_with(settings: Settings, features: Sequence[str] | None = None,
         engine = engine.model_copy(update={"training": engine.training.model_copy(
             update={"warmup": warmup})})
     return settings.model_copy(update={"engine": engine})
+
+
+# --------------------------------------------------------------------------- topic backtest
+@dataclass(frozen=True)
+class TopicInput:
+    """A historical topic to replay and where its alerts go.
+
+    ``alerts_file`` defaults to ``<predictions>.alerts.jsonl``; ``alerts_topic`` (never the
+    live alerts topic) publishes them instead.
+    """
+
+    topic: str
+    start: ReplayStart = field(default_factory=ReplayStart)
+    end: float | None = None
+    from_checkpoint: pathlib.Path | None = None
+    alerts_file: pathlib.Path | None = None
+    alerts_topic: str | None = None
+
+
+class AlertFile:
+    """Alerts as JSON lines (the alert wire format), one file per backtest."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        self._fh: Any = None
+        self.count = 0
+
+    def write(self, alerts: Sequence[Alert]) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("wb")
+        for a in alerts:
+            self._fh.write(encode_alert(a) + b"\n")
+        self.count += len(alerts)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class AlertTopic:
+    """Alerts to a dedicated topic through the Kafka sink (at-least-once, no offsets)."""
+
+    def __init__(self, kafka: KafkaConfig, topic: str) -> None:
+        if topic == kafka.alerts_topic:
+            raise ConfigError(f"{topic!r} is the live alerts topic: a backtest never writes "
+                              "there; name another --alerts-topic or use an alerts file")
+        self.sink = KafkaSink(kafka.model_copy(update={
+            "alerts_topic": topic, "guarantee": "at_least_once", "events_topic": None}))
+        self.count = 0
+
+    def write(self, alerts: Sequence[Alert]) -> None:
+        if self.count == 0 and alerts:
+            self.sink.open()
+        if alerts:
+            self.sink.write(alerts=alerts)
+            self.count += len(alerts)
+
+    def close(self) -> None:
+        if self.count:
+            self.sink.flush(30.0)
+            self.sink.close()
+
+
+def build_alerts(decoded: Decoded, res: StepResult, topic: str, partition: int,
+                 now: float) -> list[Alert]:
+    """Alerts for the flagged rows of one partition's step (as the service builds them)."""
+    first_drift = min((e.batch_index for e in res.drift_events), default=len(res))
+    out = []
+    for r in map(int, np.flatnonzero(res.is_anomaly)):
+        pos = SourcePosition(topic, partition, int(decoded.offsets[r]))
+        raw = decoded.raw_values[r] if decoded.raw_values is not None else decoded.batch.values[r]
+        out.append(Alert(
+            alert_id=message_id(pos), key=decoded.batch.keys[r],
+            timestamp=float(decoded.batch.timestamps[r]),
+            features=dict(zip(decoded.names, map(float, raw), strict=True)),
+            score=float(res.scores[r]), threshold=float(res.thresholds[r]),
+            top_features=tuple(res.top_features(r)), model_version=res.model_version,
+            position=pos, drift_recent=r >= first_drift, detected_at=now,
+        ))
+    return out
+
+
+def _restored(settings: Settings, inp: TopicInput
+              ) -> tuple[dict[int, Engine], tuple[str, ...] | None, dict[int, int] | None]:
+    """Engines, feature names and start offsets from ``--from-checkpoint`` (file or store)."""
+    if inp.from_checkpoint is None:
+        return {}, None, None
+    path = inp.from_checkpoint
+    if path.is_file():
+        ckpts = [read_checkpoint(path)]
+    else:
+        parts = sorted(int(p.name) for p in (path / inp.topic).glob("*") if p.name.isdigit())
+        store = CheckpointStore(path)
+        ckpts = [c for c in (store.load(inp.topic, p) for p in parts) if c is not None]
+    if not ckpts:
+        raise ConfigError(f"no checkpoint of topic {inp.topic} at {path}")
+    engines = {c.partition: Engine.restore(c.engine) for c in ckpts if c.engine is not None}
+    for p, eng in engines.items():
+        if eng.config != settings.engine:
+            log.warning("checkpoint_config_differs", partition=p,
+                        detail="the restored engines keep the configuration they were saved with")
+    offsets = {c.partition: c.position for c in ckpts} if inp.start.kind == "beginning" else None
+    log.info("backtest_from_checkpoint", path=str(path), partitions=sorted(engines),
+             start_offsets=offsets)
+    return engines, ckpts[0].feature_names or None, offsets
+
+
+class TopicReplay:
+    """Steps one engine per partition over replayed blocks and records everything.
+
+    Parameters
+    ----------
+    settings
+        The service settings (engine, record format).
+    writer
+        Where prediction rows go.
+    alerts
+        Where alerts go (:class:`AlertFile` or :class:`AlertTopic`).
+    engines
+        Engines restored from a checkpoint, by partition.
+    names
+        Raw feature names (None: from the settings, else from the first records).
+    """
+
+    def __init__(self, settings: Settings, writer: PredictionWriter, alerts: AlertFile |
+                 AlertTopic, engines: dict[int, Engine] | None = None,
+                 names: tuple[str, ...] | None = None) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.alerts = alerts
+        self.engines = dict(engines or {})
+        self.names = names or settings.engine.features.names or None
+        self._decoder: Decoder | None = None
+        self.collector: ResultCollector | None = None
+
+    def step(self, block: RawBlock) -> None:
+        decoded = self._decode(block)
+        res = None
+        if len(decoded.batch):
+            engine = self.engines.get(block.partition)
+            if engine is None:
+                assert self.names is not None
+                engine = self.engines[block.partition] = Engine(self.settings.engine, self.names)
+            res = engine.step(decoded.batch)
+            self.alerts.write(build_alerts(decoded, res, block.topic, block.partition,
+                                           time.time()))
+        self.writer.write(topic_predictions(block.partition, decoded, res,
+                                            self.settings.record.label_field is not None))
+        self._collect(block.partition, decoded, res)
+
+    def _decode(self, block: RawBlock) -> Decoded:
+        if self._decoder is None:
+            self.names = self.names or infer_feature_names(block, self.settings.record)
+            if self.names is None:
+                dead = tuple(dead_letter(block, i, "no_features") for i in range(len(block)))
+                return Decoded(Batch.from_arrays(np.empty((0, 0))), np.empty(0, np.int64), dead)
+            self._decoder = Decoder(self.names, self.settings.record,
+                                    self.settings.engine.features.missing)
+            self.collector = ResultCollector(self.names)
+            log.info("backtest_features", names=list(self.names))
+        return self._decoder.decode(block)
+
+    def _collect(self, partition: int, decoded: Decoded, res: StepResult | None) -> None:
+        if self.collector is None:
+            self.collector = ResultCollector(self.names or ())
+        bad = [BadRow(d.original.position.offset, d.reason, d.detail)
+               for d in decoded.dead_letters]
+        self.collector.add_bad(bad)
+        if res is None:
+            return
+        groups = [k or f"partition {partition}" for k in decoded.batch.keys]
+        labels = decoded.batch.labels if self.settings.record.label_field else None
+        self.collector.add_step(groups, decoded.batch.timestamps, labels, decoded.offsets, res)
+        self.collector.add_bad([BadRow(int(decoded.offsets[r]), f"rejected:{why}", "")
+                                for r, why in res.rejected], rejected=True)
+
+
+def topic_predictions(partition: int, decoded: Decoded, res: StepResult | None,
+                      with_label: bool) -> pd.DataFrame:
+    """Prediction rows of one partition's block (good and dead-lettered) in offset order."""
+    b, n = decoded.batch, len(decoded.batch)
+    nan = np.full(n, np.nan)
+    error = [""] * n
+    for row, reason in res.rejected if res is not None else ():
+        error[row] = f"rejected:{reason}"
+    cols: dict[str, Any] = {
+        "partition": partition, "offset": decoded.offsets, "key": list(b.keys),
+        "timestamp": b.timestamps, "score": nan if res is None else res.scores,
+        "threshold": nan if res is None else res.thresholds,
+        "is_anomaly": np.zeros(n, np.int8) if res is None else res.is_anomaly.astype(np.int8),
+        "warmup": np.zeros(n, np.int8) if res is None else res.warmup.astype(np.int8),
+    }
+    if with_label:
+        cols["label"] = b.labels if b.labels is not None else np.full(n, -1)
+    frame = pd.DataFrame({**cols, "error": error})
+    if decoded.dead_letters:
+        dead = pd.DataFrame({
+            "partition": partition, "is_anomaly": 0, "warmup": 0,
+            "offset": [d.original.position.offset for d in decoded.dead_letters],
+            "error": [f"{d.reason}: {d.detail}" for d in decoded.dead_letters]})
+        frame = pd.concat([frame, dead], ignore_index=True).sort_values("offset", kind="stable")
+        frame[["is_anomaly", "warmup"]] = frame[["is_anomaly", "warmup"]].astype(np.int8)
+    if with_label:
+        frame["label"] = frame["label"].astype("Int64")
+    return frame
+
+
+def run_topic_backtest(settings: Settings, inp: TopicInput, output: pathlib.Path,
+                       progress: bool = True) -> BacktestSummary:
+    """Replay ``inp.topic`` through one engine per partition; predictions, alerts, reports."""
+    started = time.perf_counter()
+    engines, names, offsets = _restored(settings, inp)
+    alerts: AlertFile | AlertTopic = (
+        AlertTopic(settings.kafka, inp.alerts_topic) if inp.alerts_topic
+        else AlertFile(inp.alerts_file or output.with_suffix(".alerts.jsonl")))
+    replay = TopicReplay(settings, PredictionWriter(output), alerts, engines, names)
+    source = TopicReplaySource(settings.kafka, inp.topic, inp.start, inp.end, offsets)
+    source.open()
+    try:
+        with progress_bar(f"replay {inp.topic}", None, progress) as bar:
+            while not source.done:
+                for block in source.poll_blocks(settings.batching.max_records, 0.5):
+                    replay.step(block)
+                seen = replay.collector.records if replay.collector else 0
+                bar.update(bar.task_ids[0], completed=seen, records=seen)
+    finally:
+        source.close()
+        alerts.close()
+    if replay.collector is None or replay.collector.records == 0:
+        raise SourceError(f"no records in topic {inp.topic} between the given start and end")
+    where = inp.alerts_topic or str(getattr(alerts, "path", ""))
+    return finish(replay.collector, output, f"Replay of topic {inp.topic}",
+                  {"topic": inp.topic, "start": f"{inp.start.kind} {inp.start.value:g}",
+                   "end": "end of partitions" if inp.end is None else inp.end,
+                   "partitions": ", ".join(map(str, sorted(replay.engines))),
+                   "features": ", ".join(replay.names or ()), "alerts written to": where,
+                   "records dropped after the end": source.dropped_after_end}, started)
+
+
+# --------------------------------------------------------------------------- console
+def summary_table(summary: BacktestSummary) -> Table:
+    """The summary (and metrics, when labels exist) as a rich table for the terminal."""
+    table = Table(title="backtest", show_header=False)
+    rows: list[tuple[str, Any]] = [
+        ("records", summary.records), ("scored", summary.scored), ("alerts", summary.alerts),
+        ("bad rows", summary.bad_rows), ("drift events", summary.drift_events),
+        ("records/s", round(summary.records_per_s)), ("predictions", summary.predictions),
+        ("report", summary.html), ("plot", summary.png),
+    ]
+    if summary.metrics is not None:
+        m = summary.metrics
+        rows += [("precision", m.precision), ("recall", m.recall), ("F1", m.f1),
+                 ("ROC-AUC", m.roc_auc), ("labelled anomalies", m.positives)]
+        rows += [(k.replace("_", " "), v) for k, v in summary.delay.items()]
+    for name, value in rows:
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return table
+
+
+def print_summary(summary: BacktestSummary, console: Console | None = None) -> None:
+    """Print the summary table and the first bad rows (line and reason)."""
+    console = console or Console()
+    console.print(summary_table(summary))
+    for b in summary.bad_examples:
+        console.print(f"bad row at line/offset {b.line}: {b.reason} {b.detail}")

@@ -37,6 +37,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
+from stream_ae.config import KafkaConfig
 from stream_ae.records import F32, F64, I64, Bool
 
 
@@ -279,6 +280,8 @@ def write_file(config: SimulationConfig, steps: int, path: pathlib.Path) -> int:
     'key,ts,temperature,pressure,label'
     """
     frame = simulate_frame(config, steps)
+    sensors = list(config.sensor_names)
+    frame[sensors] = frame[sensors].round(4)  # readings to 4 decimals; timestamps exact
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".parquet":
@@ -286,7 +289,7 @@ def write_file(config: SimulationConfig, steps: int, path: pathlib.Path) -> int:
     elif suffix in (".jsonl", ".ndjson"):
         frame.to_json(path, orient="records", lines=True, double_precision=6)
     else:
-        frame.to_csv(path, index=False, float_format="%.5g")
+        frame.to_csv(path, index=False)
     return len(frame)
 
 
@@ -351,3 +354,26 @@ def _send(producer: Producer, topic: str, block: SimBlock) -> None:
             except BufferError:
                 producer.poll(0.05)  # local queue full: serve deliveries, then retry
     producer.poll(0)
+
+
+def produce_to(kafka: KafkaConfig, bootstrap: str | None, topic: str, config: SimulationConfig,
+               rate: float, steps: int | None = None, duration: float | None = None
+               ) -> ProduceStats:
+    """Produce to ``topic`` through the Kafka sink's producer until ``steps``/``duration``
+    or Ctrl-C (which ends the run cleanly after flushing)."""
+    from stream_ae.sinks.kafka import KafkaSink
+
+    update: dict[str, object] = {"guarantee": "at_least_once"}
+    if bootstrap:
+        update["bootstrap_servers"] = bootstrap
+    sink = KafkaSink(kafka.model_copy(update=update))
+    sink.open()
+    stop = threading.Event()
+    try:
+        return produce(SensorSimulator(config), sink.producer, topic, rate, steps, duration, stop)
+    except KeyboardInterrupt:
+        stop.set()
+        sink.producer.flush(30)
+        return ProduceStats()
+    finally:
+        sink.close()
