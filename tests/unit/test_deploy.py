@@ -432,6 +432,15 @@ def test_dockerfile_structure() -> None:
     assert any(k == "COPY" and "--from=build" in a for k, a in _final_stage())
 
 
+def test_k8s_runs_as_the_image_user() -> None:
+    uid, gid = _one(_final_stage(), "USER").split(":")
+    pod = _k8s("StatefulSet")["spec"]["template"]["spec"]["securityContext"]
+    assert (str(pod["runAsUser"]), str(pod["runAsGroup"])) == (uid, gid)
+    assert pod["runAsNonRoot"] is True
+    useradd = " ".join(a for k, a in _final_stage() if k == "RUN")
+    assert f"--uid {uid}" in useradd and f"--gid {gid}" in useradd
+
+
 def test_dockerfile_installs_cpu_torch_pinned_like_the_makefile() -> None:
     args = {
         a.split("=", 1)[0]: a.split("=", 1)[1] for k, a in _dockerfile() if k == "ARG" and "=" in a
