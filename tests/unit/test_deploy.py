@@ -662,3 +662,142 @@ def test_grafana_provisioning_is_consistent() -> None:
         v.split(":")[1]: v.split(":")[0] for v in _compose()["services"]["grafana"]["volumes"]
     }
     assert (ROOT / mounts[path]).resolve() == DASHBOARD.parent.resolve()
+
+
+# =========================================================================== smoke: real broker
+def _local_run_env(
+    name: str, bootstrap: str, rename: dict[str, str], tag: str, tmp: pathlib.Path
+) -> tuple[dict[str, str], list[str], int]:
+    """A compose detector's env and argv, pointed at a local broker, unique names, free port."""
+    from stream_ae.broker import free_port
+
+    env, argv = _deployments()[f"compose:{name}"]
+    env = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
+    for key in ("ALERTS_TOPIC", "DEAD_LETTER_TOPIC", "EVENTS_TOPIC", "INPUT_TOPICS"):
+        var = f"STREAM_AE_KAFKA__{key}"
+        env[var] = ",".join(rename[t] for t in env[var].split(","))
+    port = free_port()
+    env |= {
+        "STREAM_AE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
+        "STREAM_AE_KAFKA__GROUP_ID": f"{env['STREAM_AE_KAFKA__GROUP_ID']}-{tag}",
+        "STREAM_AE_KAFKA__TRANSACTIONAL_ID": f"{env['STREAM_AE_KAFKA__TRANSACTIONAL_ID']}-{tag}",
+        "STREAM_AE_KAFKA__SESSION_TIMEOUT_MS": "6000",  # quick group joins (broker notes)
+        "STREAM_AE_CHECKPOINT__DIRECTORY": str(tmp / "checkpoints"),  # one shared directory
+        "STREAM_AE_METRICS__HOST": "127.0.0.1",
+        "STREAM_AE_METRICS__PORT": str(port),
+        "STREAM_AE_ENGINE__TRAINING__WARMUP": "200",
+    }
+    config = argv[argv.index("--config") + 1]
+    argv = [*argv[: argv.index("--config") + 1], str(_container_files(tmp)[config])]
+    return env, argv, port
+
+
+def _spawn(argv: list[str], env: dict[str, str], log: pathlib.Path) -> subprocess.Popen[bytes]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream_ae.cli", *argv[1:]],
+        env={**base, **env, "OMP_NUM_THREADS": "1"},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _http(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""
+
+
+def _records_in(port: int) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, text = _http(port, "/metrics")
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "stream_ae_records_in_total"
+    )
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.25)
+
+
+def _simulate(bootstrap: str, topic: str, log: pathlib.Path) -> int:
+    _, argv = _deployments()["compose:simulator"]
+    argv = list(argv)
+    argv[argv.index("--bootstrap") + 1] = bootstrap
+    argv[argv.index("--topic") + 1] = topic
+    base = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream_ae.cli", *argv[1:], "--duration", "4"],
+        env=base,
+        capture_output=True,
+        timeout=120,
+    )
+    log.write_bytes(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    produced = re.search(r"produced (\d+) records", proc.stdout.decode())
+    assert produced is not None, proc.stdout.decode()
+    return int(produced[1])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_compose_detectors_share_the_work_on_a_real_broker(
+    tmp_path: pathlib.Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """The two compose replicas, as configured (example config + their env), split the
+    input partitions of one group, serve /readyz and /metrics, count every simulated
+    record, write checkpoints to the shared directory and stop cleanly on SIGTERM."""
+    import contextlib
+    import signal
+
+    from stream_ae.broker import EmbeddedBroker, create_topics
+    from stream_ae.testing import external_bootstrap, unique_name
+
+    with contextlib.ExitStack() as stack:
+        bootstrap = (
+            external_bootstrap()
+            or stack.enter_context(EmbeddedBroker(log_path=tmp_path / "broker.log")).bootstrap
+        )
+        tag = unique_name("deploy")
+        rename = {t: f"{t}-{tag}" for t in _created_topics()}
+        create_topics(bootstrap, {rename[t]: n for t, n in _created_topics().items()})
+        procs = {}
+        for name in sorted(_detector_services()):
+            env, argv, port = _local_run_env(name, bootstrap, rename, tag, tmp_path)
+            procs[name] = (_spawn(argv, env, tmp_path / f"{name}.log"), port)
+            stack.callback(_kill, procs[name][0])
+        for name, (_, port) in procs.items():
+            _wait_for(lambda p=port: _http(p, "/readyz")[0] == 200, 90, f"{name} ready")
+        produced = _simulate(bootstrap, rename["sensors"], tmp_path / "simulator.log")
+        ports = [port for _, port in procs.values()]
+        _wait_for(lambda: sum(map(_records_in, ports)) >= produced, 90, "all records consumed")
+        assert sum(map(_records_in, ports)) == produced
+        assert all(_records_in(p) > 0 for p in ports), "both replicas own partitions"
+        for proc, _ in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        assert [proc.wait(timeout=60) for proc, _ in procs.values()] == [0] * len(procs)
+    written = {p.parent.name for p in (tmp_path / "checkpoints" / rename["sensors"]).rglob("*.bin")}
+    assert len(written) == _created_topics()["sensors"]
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10)
