@@ -208,6 +208,8 @@ def _effective_settings(
 ) -> Settings:
     """Settings as the container would load them: its --config file plus its env."""
     env, argv = _deployments()[name]
+    for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(key)  # nothing from the test process or an earlier container
     for key, value in env.items():
         if key.startswith(ENV_PREFIX):
             monkeypatch.setenv(key, value)
