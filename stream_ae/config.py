@@ -83,6 +83,8 @@ class TrainingConfig(_Frozen):
                         "flagged; the scaler, model and threshold are fitted on them.")
     warmup_epochs: int = Field(default=50, ge=0, description="Epochs over the warm-up records "
                                "when warm-up ends.")
+    warmup_batch_size: int = Field(default=64, ge=1, description="Rows per optimizer step in the "
+                                   "warm-up epochs (small: many steps on few records).")
     gate: Literal["threshold", "none"] = Field(default="threshold", description="'threshold': "
                                                "flagged records never train the model.")
     clip_quantile: float = Field(default=0.9, gt=0.0, le=1.0, description="Records that pass "
@@ -106,10 +108,10 @@ class ThresholdConfig(_Frozen):
     floor: float = Field(default=0.0, ge=0.0)
     min_count: int = Field(default=100, ge=1, description="Scores needed (capped at `window`) "
                            "before the threshold flags anything, also after a re-warm.")
-    flagged: Literal["capped", "raw", "exclude"] = Field(default="capped", description="How "
-                                                         "flagged scores enter the window: at the "
-                                                         "threshold they exceeded, as they are, or "
-                                                         "not at all.")
+    flagged: Literal["raw", "capped"] = Field(default="raw", description="How flagged scores "
+                                              "enter the window: as they are, or at the threshold "
+                                              "they exceeded ('capped' adapts only through "
+                                              "unflagged scores and can lock a too-low threshold).")
 
 
 class DriftConfig(_Frozen):

@@ -5,10 +5,14 @@ changes only at *boundaries*: deterministic counts of accepted records. Between
 two boundaries every record is scored with the state frozen at the last one, and
 the records are buffered; at the boundary they update the threshold window, the
 scaler and the replay buffer, and the model takes its learning steps. Boundaries
-ramp up: ``stride_k = min(stride, max(16, n // 8))`` records after the boundary
-at ``n`` accepted records, and the end of warm-up is always a boundary. So the
-results for a record sequence do not depend on how it is split into ``step``
-calls, and snapshot -> restore -> continue equals an uninterrupted run.
+ramp up: ``stride_k = min(stride, max(16, (n - n0) // 8))`` records after the
+boundary at ``n`` accepted records, where ``n0`` is the record count at the last
+drift or regime change (0 at the start). The end of warm-up is always a
+boundary, and so is a record at which the drift detector fires (the detector is
+fed record by record, so where it fires is a function of the record sequence
+alone). So the results for a record sequence do not depend on how it is split
+into ``step`` calls, and snapshot -> restore -> continue equals an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -142,8 +146,7 @@ class Engine:
         pos = 0
         while pos < rows.size:
             k = min(rows.size - pos, self._next_boundary - self._n_scored)
-            self._score_chunk(feats[pos : pos + k], rows[pos : pos + k], out)
-            pos += k
+            pos += self._score_chunk(feats[pos : pos + k], rows[pos : pos + k], out)
             if self._n_scored == self._next_boundary:
                 self._boundary(out, int(rows[pos - 1]))
         for r, _ in rejected:
@@ -222,40 +225,48 @@ class Engine:
         self._boost_left = 0
         self._drift_at = -1
         self._thr_value = math.nan
+        self._ramp_origin = 0
         self._next_boundary = self._schedule(0)
         self._built = True
 
     def _schedule(self, n: int) -> int:
         tr = self.config.training
-        nxt = n + min(tr.stride, max(_MIN_STRIDE, n // 8))
+        nxt = n + min(tr.stride, max(_MIN_STRIDE, (n - self._ramp_origin) // 8))
         return min(nxt, tr.warmup) if n < tr.warmup else nxt
 
     # ------------------------------------------------------------------ scoring
-    def _score_chunk(self, x: F32, rows: I64, out: _Out) -> None:
+    def _score_chunk(self, x: F32, rows: I64, out: _Out) -> int:
+        """Score rows with the frozen state; returns how many were consumed. A drift
+        detection ends the chunk: its record becomes a boundary and the rows after it
+        are scored again, after the adaptation (the next loop iteration)."""
         mse, cols = self._model.score_many(self._scaler.transform(x))
         warm = self._n_scored < self.config.training.warmup
         thr = self._thr_value
         flags = (mse > thr) if not (warm or math.isnan(thr)) else np.zeros(rows.size, np.bool_)
-        out.scores[rows] = mse
-        out.thresholds[rows] = thr
-        out.flags[rows] = flags
-        out.warmup[rows] = warm
-        out.errors[rows] = cols
+        used = rows.size
         if not warm and self._drift is not None:
-            self._feed_drift(mse, rows, out)
-        self._pend.push(x=x, s=mse, f=flags)
-        self._n_scored += rows.size
+            used = self._feed_drift(mse, rows, out)
+        r = rows[:used]
+        out.scores[r], out.thresholds[r], out.flags[r] = mse[:used], thr, flags[:used]
+        out.warmup[r], out.errors[r] = warm, cols[:used]
+        self._pend.push(x=x[:used], s=mse[:used], f=flags[:used])
+        self._n_scored += used
+        return used
 
-    def _feed_drift(self, mse: F64, rows: I64, out: _Out) -> None:
+    def _feed_drift(self, mse: F64, rows: I64, out: _Out) -> int:
         assert self._drift is not None
         d = self.config.drift
-        for hit in self._drift.update_many(np.log(mse + _LOG_EPS)):
-            self._drift_at = len(self._pend) + hit.index
-            levels = (math.exp(hit.level_before), math.exp(hit.level_after))
-            action = "lr_boost" + ("+rewarm_threshold" if d.rewarm_threshold else "")
-            ev = out.event("drift", d.detector, int(rows[hit.index]), levels, action)
-            log.info("drift_detected", record_index=ev.record_index,
-                     level_before=ev.level_before, level_after=ev.level_after)
+        hit, used = self._drift.update_until(np.log(mse + _LOG_EPS))
+        if hit is None:
+            return used
+        self._next_boundary = self._n_scored + used
+        self._drift_at = len(self._pend) + hit.index
+        levels = (math.exp(hit.level_before), math.exp(hit.level_after))
+        action = "lr_boost" + ("+rewarm_threshold" if d.rewarm_threshold else "")
+        ev = out.event("drift", d.detector, int(rows[hit.index]), levels, action)
+        log.info("drift_detected", record_index=ev.record_index,
+                 level_before=ev.level_before, level_after=ev.level_after)
+        return used
 
     # ------------------------------------------------------------------ boundaries
     def _boundary(self, out: _Out, row: int) -> None:
@@ -280,11 +291,8 @@ class Engine:
 
     def _absorb(self, x: F32, s: F64, f: npt.NDArray[np.bool_]) -> None:
         """Threshold window, regime window, and (through the gate) scaler and replay buffer."""
-        mode = self.config.threshold.flagged
-        if mode == "capped":
-            self._thr.update(np.where(f, self._thr_value, s))
-        else:
-            self._thr.update(s if mode == "raw" else s[~f])
+        capped = self.config.threshold.flagged == "capped"
+        self._thr.update(np.where(f, self._thr_value, s) if capped else s)
         self._recent.push(x=x, s=s, f=f)
         keep = ~f if self.config.training.gate == "threshold" else np.ones_like(f)
         self._scaler.update(x[keep])
@@ -295,6 +303,7 @@ class Engine:
             return
         d = self.config.drift
         self._boost_left = d.boost_steps
+        self._ramp_origin = self._n_scored
         if d.rewarm_threshold:
             self._thr.reset()
             self._thr.update(s[self._drift_at + 1 :])
@@ -313,6 +322,7 @@ class Engine:
         self._replay.push(x=x[f], s=s[f])
         self._thr.reset()
         self._recent.clear()
+        self._ramp_origin = self._n_scored
         ev = out.event("regime_change", "sustained_alarm", row, (before, float(np.median(s[f]))),
                        "relearn+rewarm_threshold")
         log.info("regime_change", record_index=ev.record_index, alarm_fraction=float(f.mean()))
@@ -335,7 +345,7 @@ class Engine:
 
     # ------------------------------------------------------------------ learning
     def _epochs(self, xs: F32, epochs: int) -> None:
-        bs = self.config.training.batch_size
+        bs = self.config.training.warmup_batch_size
         for _ in range(epochs):
             perm = self._rng.permutation(xs.shape[0])
             for start in range(0, xs.shape[0], bs):
@@ -372,7 +382,7 @@ class Engine:
             "records_seen": self._records_seen, "n_scored": self._n_scored,
             "next_boundary": self._next_boundary, "boost_left": self._boost_left,
             "drift_at": self._drift_at, "thr_value": self._thr_value,
-            "warm_size": self._warm.size,
+            "warm_size": self._warm.size, "ramp_origin": self._ramp_origin,
         }
         parts = {k: v.get_state() for k, v in self._parts().items()}
         return {"counters": counters, "rng": self._rng.bit_generator.state, "parts": parts}
@@ -384,6 +394,7 @@ class Engine:
             self._next_boundary, self._boost_left = int(c["next_boundary"]), int(c["boost_left"])
             self._drift_at, self._thr_value = int(c["drift_at"]), float(c["thr_value"])
             self._warm = RecordWindow(int(c["warm_size"]))
+            self._ramp_origin = int(c["ramp_origin"])
             self._rng.bit_generator.state = tree["rng"]
             for name, part in self._parts().items():
                 part.set_state(tree["parts"][name])

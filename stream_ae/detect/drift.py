@@ -93,9 +93,25 @@ class DriftMonitor:
     def update_many(self, values: npt.ArrayLike) -> list[Detection]:
         """Feed values in stream order; return the detections among them."""
         vals = np.asarray(values, dtype=np.float64).ravel()
+        hits: list[Detection] = []
+        start = 0
+        while start < vals.size:
+            hit, used = self.update_until(vals[start:])
+            if hit is not None:
+                hits.append(Detection(start + hit.index, hit.level_before, hit.level_after))
+            start += used
+        return hits
+
+    def update_until(self, values: npt.ArrayLike) -> tuple[Detection | None, int]:
+        """Feed values up to and including the first detection; return it and the count fed.
+
+        >>> m = DriftMonitor(history=100)
+        >>> m.update_until([0.0] * 10)
+        (None, 10)
+        """
+        vals = np.asarray(values, dtype=np.float64).ravel()
         if self._det is None:
             self._replay(vals[:0])
-        hits: list[Detection] = []
         for i, v in enumerate(vals.tolist()):
             if self._n == self._since.size:
                 self._replay(self._since[self.history :].copy())
@@ -103,9 +119,10 @@ class DriftMonitor:
             self._n += 1
             self._det.update(v)
             if self._det.drift_detected:
-                hits.append(self._detection(i))
+                hit = self._detection(i)
                 self._replay(vals[:0])
-        return hits
+                return hit, i + 1
+        return None, int(vals.size)
 
     def _detection(self, index: int) -> Detection:
         seen = self._since[: self._n]

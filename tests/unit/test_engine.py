@@ -233,3 +233,30 @@ def test_restore_rejects_garbage_truncation_and_other_config(data: Batch) -> Non
     with pytest.raises(SnapshotError):
         Engine.restore(blob, config=small_config(lags=1))
     assert Engine.restore(blob, config=small_config()).records_seen == 200
+
+
+def test_drift_ends_the_chunk_so_results_stay_split_independent(data: Batch) -> None:
+    cfg = small_config()
+    ref = Engine(cfg, NAMES).step(data)
+    kinds = {e.kind for e in ref.drift_events}
+    assert kinds == {"drift"}
+    assert all(e.level_before > 0 and e.action.startswith("lr_boost") for e in ref.drift_events)
+    got = run_split(Engine(cfg, NAMES), data, [999, 1000, 1030, 1031, 1200])
+    assert_same(concat([ref]), concat(got))
+    assert events([ref]) == events(got)
+
+
+def test_regime_policy_relearns_a_new_normal(data: Batch) -> None:
+    no_drift = small_config().model_copy(update={"drift": DriftConfig(detector="none")})
+    gated_only = no_drift.model_copy(update={"regime": RegimeConfig(enabled=False)})
+    with_regime = Engine(no_drift, NAMES).step(data)
+    without = Engine(gated_only, NAMES).step(data)
+    changes = [e for e in with_regime.drift_events if e.kind == "regime_change"]
+    assert len(changes) == 1 and changes[0].record_index > 1000
+    assert changes[0].level_after > changes[0].level_before
+    assert without.drift_events == ()
+    # the gated model alone never learns the shifted level; the regime policy lets it
+    tail = slice(1300, 1500)
+    assert np.median(with_regime.scores[tail]) < 0.75 * np.median(without.scores[tail])
+    got = run_split(Engine(no_drift, NAMES), data, [1, 1000, 1100, 1107, 1108, 1300])
+    assert_same(concat([with_regime]), concat(got))
