@@ -516,6 +516,18 @@ def install_signal_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def build_runner(settings: Settings, decisions_topic: str | None = None,
+                 metrics: ServiceMetrics | None = None, health: Health | None = None) -> Runner:
+    """The production runner: Kafka group source, Kafka sink, checkpoint store."""
+    from stream_ae.sinks.kafka import KafkaSink
+    from stream_ae.sources.kafka import KafkaGroupSource
+
+    ck = settings.checkpoint
+    return Runner(settings, KafkaGroupSource(settings.kafka, None),
+                  KafkaSink(settings.kafka, decisions_topic),
+                  CheckpointStore(ck.directory, ck.keep), metrics=metrics, health=health)
+
+
 def run_service(settings: Settings, decisions_topic: str | None = None,
                 stop: threading.Event | None = None) -> None:
     """Wire the Kafka adapters, checkpoint store, metrics endpoint and signals; run until stopped.
@@ -525,22 +537,17 @@ def run_service(settings: Settings, decisions_topic: str | None = None,
     from prometheus_client import CollectorRegistry
 
     from stream_ae.metrics import MetricsServer
-    from stream_ae.sinks.kafka import KafkaSink
-    from stream_ae.sources.kafka import KafkaGroupSource
 
     stop = stop or threading.Event()
-    install_signal_handlers(stop)
+    if threading.current_thread() is threading.main_thread():
+        install_signal_handlers(stop)
     registry = CollectorRegistry()
     health = Health()
     server = None
     if settings.metrics.enabled:
         server = MetricsServer(registry, health, settings.metrics.host, settings.metrics.port)
         log.info("metrics_listening", host=settings.metrics.host, port=server.start())
-    ck = settings.checkpoint
-    runner = Runner(settings, KafkaGroupSource(settings.kafka, None),
-                    KafkaSink(settings.kafka, decisions_topic),
-                    CheckpointStore(ck.directory, ck.keep), metrics=ServiceMetrics(registry),
-                    health=health)
+    runner = build_runner(settings, decisions_topic, ServiceMetrics(registry), health)
     log.info("service_starting", group_id=settings.kafka.group_id,
              topics=list(settings.kafka.input_topics), guarantee=settings.kafka.guarantee)
     try:

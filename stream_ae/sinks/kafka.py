@@ -55,6 +55,8 @@ def producer_config(kafka: KafkaConfig) -> dict[str, Any]:
     }
     if kafka.guarantee == "exactly_once":
         conf["transactional.id"] = transactional_id(kafka)
+        conf["transaction.timeout.ms"] = 60_000
+        conf["message.timeout.ms"] = 60_000  # librdkafka: must not exceed the transaction's
     return {**conf, **client_config(kafka)}
 
 

@@ -40,7 +40,7 @@ def stream(n: int, seed: int = 0) -> tuple[list[bytes], np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, len(NAMES)))
     x[rng.choice(np.arange(150, n), size=n // 50, replace=False)] += 8.0
-    msgs = [orjson.dumps({"key": f"k{i % 3}", "ts": 1000.0 + i, **dict(zip(NAMES, row.tolist()))})
+    msgs = [orjson.dumps({"key": f"k{i % 3}", "ts": 1000.0 + i, **dict(zip(NAMES, row.tolist(), strict=False))})
             for i, row in enumerate(x)]
     return msgs, x
 
@@ -71,7 +71,7 @@ def test_alerts_equal_offline_engine_flags(tmp_path: pathlib.Path) -> None:
     assert sink.offsets == {TP0: 600}
     a = sink.alerts[0]
     assert a.alert_id == f"s/0/{expected[0]}"
-    assert a.features == pytest.approx(dict(zip(NAMES, x[expected[0]].tolist())))
+    assert a.features == pytest.approx(dict(zip(NAMES, x[expected[0]].tolist(), strict=False)))
     assert a.key == f"k{expected[0] % 3}" and a.timestamp == 1000.0 + expected[0]
     assert a.score > a.threshold and len(a.top_features) == 3
 
