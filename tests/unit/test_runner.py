@@ -40,7 +40,8 @@ def stream(n: int, seed: int = 0) -> tuple[list[bytes], np.ndarray]:
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, len(NAMES)))
     x[rng.choice(np.arange(150, n), size=n // 50, replace=False)] += 8.0
-    msgs = [orjson.dumps({"key": f"k{i % 3}", "ts": 1000.0 + i, **dict(zip(NAMES, row.tolist(), strict=False))})
+    msgs = [orjson.dumps({"key": f"k{i % 3}", "ts": 1000.0 + i,
+                          **dict(zip(NAMES, row.tolist(), strict=True))})
             for i, row in enumerate(x)]
     return msgs, x
 
@@ -103,7 +104,8 @@ def test_engine_rejections_become_dead_letters(tmp_path: pathlib.Path) -> None:
     sink = MemorySink()
     src = MemoryGroupSource({TP0: msgs})
     r = Runner(settings, src, sink, CheckpointStore(tmp_path / "c"),
-               make_engine=lambda n: ThresholdEngine(n, 5.0), restore_engine=ThresholdEngine.restore)
+               make_engine=lambda n: ThresholdEngine(n, 5.0),
+               restore_engine=ThresholdEngine.restore)
     with capture_logs():
         r.run_until_idle()
     assert [(d.reason, d.original.position.offset) for d in sink.dead_letters] == [
