@@ -255,7 +255,7 @@ class PredictionWriter:
         if not self._started:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(self.path, mode="a" if self._started else "w", header=not self._started,
-                     index=False, float_format="%.6g")
+                     index=False)
         self._started = True
 
 

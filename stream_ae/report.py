@@ -187,9 +187,10 @@ def histogram_figure(data: ReportData) -> Figure:
     if len(frame):
         ax.axvline(float(frame["threshold"].median()), color="black", lw=1,
                    label="median threshold")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
+    if len(frame):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
     ax.set_title("score histogram (after warm-up)")
     fig.tight_layout()
     return fig

@@ -85,13 +85,20 @@ def parse_time(text: str) -> float:
 
 
 class _EveryPartition(Mapping[int, int]):
-    """``start_offsets`` for the topic reader: the same offset for any partition it finds."""
+    """``start_offsets`` for the topic reader: the same offset for any partition it finds.
+
+    The reader looks offsets up with ``get`` after listing the partitions itself, so this
+    answers every partition without knowing them; it is truthy although it lists none.
+    """
 
     def __init__(self, offset: int) -> None:
         self.offset = offset
 
     def __getitem__(self, partition: int) -> int:
         return self.offset
+
+    def __bool__(self) -> bool:
+        return True
 
     def __iter__(self) -> Iterator[int]:
         return iter(())

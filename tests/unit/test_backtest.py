@@ -164,7 +164,11 @@ def test_without_labels_there_are_no_metrics(frame: pd.DataFrame, tmp_path: path
     assert "label" not in pd.read_csv(out).columns
 
 
-def test_cli_prints_metrics_and_writes_files(frame: pd.DataFrame, tmp_path: pathlib.Path) -> None:
+def test_cli_prints_metrics_and_writes_files(frame: pd.DataFrame, tmp_path: pathlib.Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # structlog caches loggers bound to the stream CliRunner closes afterwards: keep the
+    # test process's logging as it is
+    monkeypatch.setattr("stream_ae.cli.configure_logging", lambda *a, **k: None)
     cfg = tmp_path / "c.yaml"
     cfg.write_text("engine:\n  training: {warmup: 400, window: 512, batch_size: 256, "
                    "stride: 128, warmup_epochs: 10}\n")
