@@ -12,6 +12,7 @@ committed offset without publishing (catch-up), then continue live.
 from __future__ import annotations
 
 import bisect
+import os
 import signal
 import threading
 import time
@@ -538,6 +539,9 @@ def run_service(settings: Settings, decisions_topic: str | None = None,
 
     from stream_ae.metrics import MetricsServer
 
+    # one torch thread leaves the other core to librdkafka (PERFORMANCE_NOTES); must precede
+    # the first torch import, which happens when the first engine is built
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers(stop)
