@@ -77,11 +77,11 @@ class TrainingConfig(_Frozen):
     window: int = Field(default=2048, ge=1, description="Replay buffer of recent gated (normal) "
                         "records each learning step trains on.")
     steps_per_stride: int = Field(default=1, ge=1, description="Optimizer steps per learning step.")
-    batch_size: int = Field(default=2048, ge=1, description="Rows per optimizer step (sampled "
+    batch_size: int = Field(default=1024, ge=1, description="Rows per optimizer step (sampled "
                             "from the window when smaller than it).")
     warmup: int = Field(default=1000, ge=0, description="Records at the start that are never "
                         "flagged; the scaler, model and threshold are fitted on them.")
-    warmup_epochs: int = Field(default=50, ge=0, description="Epochs over the warm-up records "
+    warmup_epochs: int = Field(default=20, ge=0, description="Epochs over the warm-up records "
                                "when warm-up ends.")
     warmup_batch_size: int = Field(default=64, ge=1, description="Rows per optimizer step in the "
                                    "warm-up epochs (small: many steps on few records).")

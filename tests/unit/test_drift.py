@@ -60,3 +60,19 @@ def test_fresh_monitor_state_is_empty() -> None:
     assert m.get_state() == {"since": None}
     m.set_state({"since": None})
     assert m.update_many(np.zeros(10)) == []
+
+
+def test_adwin_fast_path_matches_the_river_wrapper() -> None:
+    from river import drift
+
+    values = shifted(5)
+    plain = drift.ADWIN(delta=0.002)  # type: ignore[no-untyped-call]
+    first = -1
+    for i, v in enumerate(values.tolist()):
+        plain.update(v)
+        if plain.drift_detected:
+            first = i
+            break
+    hit, used = DriftMonitor("adwin", delta=0.002, history=10_000).update_until(values)
+    assert hit is not None and (hit.index, used) == (first, first + 1)
+    assert hit.level_after == pytest.approx(plain.estimation)

@@ -1,0 +1,103 @@
+"""Engine throughput (records/s) on synthetic correlated Gaussian streams, beside river.
+
+For each dimension (8 and 38) the engine runs over ``--n`` records fed in
+batches of ``--batch`` rows, one torch thread, for the default settings and a
+few (stride, window, batch_size) choices. Two rates are printed:
+
+* ``total``: every record, warm-up epochs included (a one-time cost per engine);
+* ``steady``: the records after warm-up only (the service's long-run rate).
+
+Process start-up (importing torch, torch's first optimizer construction) is
+excluded: the engine is built on a tiny batch before the clock starts. The peer
+is river ``anomaly.HalfSpaceTrees`` (default parameters; per record: a dict from
+the numpy row, ``score_one``, ``learn_one``; the stream is min-max scaled to
+[0, 1] beforehand, outside the clock) on the first ``--river-n`` records; its rate
+is extrapolated to the whole stream (river's per-record cost is flat).
+Machines are noisy: compare ratios within one run.
+
+    .venv/bin/python benchmarks/engine_throughput.py [--n 200000] [--river-n 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+
+import numpy as np
+import structlog
+import torch
+
+from stream_ae.config import EngineConfig, TrainingConfig
+from stream_ae.engine import Engine
+from stream_ae.records import Batch
+
+VARIANTS: list[tuple[str, dict[str, int]]] = [
+    ("default", {}),
+    ("stride 256", {"stride": 256}),
+    ("stride 1024, window 4096", {"stride": 1024, "window": 4096, "batch_size": 2048}),
+    ("batch 2048 (whole window)", {"batch_size": 2048}),
+]
+
+
+def correlated(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    return (rng.normal(size=(n, d)) @ mix).astype(np.float32)
+
+
+def time_engine(x: np.ndarray, training: dict[str, int], batch: int) -> tuple[float, float]:
+    cfg = EngineConfig(training=TrainingConfig(**training))
+    eng = Engine(cfg, [f"f{i}" for i in range(x.shape[1])])
+    eng.step(Batch.from_arrays(x[:1]))  # builds the model outside the clock
+    gc.collect()
+    gc.freeze()
+    t0 = time.perf_counter()
+    t_warm, done_warm = t0, 1
+    for start in range(1, x.shape[0], batch):
+        eng.step(Batch.from_arrays(x[start : start + batch]))
+        if done_warm == 1 and eng.records_seen >= cfg.training.warmup:
+            t_warm, done_warm = time.perf_counter(), eng.records_seen
+    t1 = time.perf_counter()
+    gc.unfreeze()
+    return (x.shape[0] - 1) / (t1 - t0), (x.shape[0] - done_warm) / (t1 - t_warm)
+
+
+def time_river(x: np.ndarray) -> float:
+    from river import anomaly
+
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    scaled = (x - lo) / np.maximum(hi - lo, 1e-9)
+    names = [f"f{i}" for i in range(x.shape[1])]
+    hst = anomaly.HalfSpaceTrees(seed=0)
+    t0 = time.perf_counter()
+    for row in scaled.tolist():  # from the same numpy array the engine starts from
+        r = dict(zip(names, row, strict=True))
+        hst.score_one(r)
+        hst.learn_one(r)
+    return scaled.shape[0] / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, default=200_000)
+    p.add_argument("--river-n", type=int, default=20_000)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--dims", type=int, nargs="+", default=[8, 38])
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    print(f"n={args.n} batch={args.batch} torch threads={torch.get_num_threads()} "
+          f"(river HST on {args.river_n} records, extrapolated)")
+    print(f"{'dim':>4}  {'variant':<28}{'total rec/s':>13}{'steady rec/s':>14}{'x river':>9}")
+    for d in args.dims:
+        x = correlated(args.n, d)
+        river_rate = time_river(x[: args.river_n])
+        for name, training in VARIANTS:
+            total, steady = time_engine(x, training, args.batch)
+            print(f"{d:>4}  {name:<28}{total:>13,.0f}{steady:>14,.0f}{total / river_rate:>9.1f}")
+        print(f"{d:>4}  {'river HalfSpaceTrees':<28}{river_rate:>13,.0f}{'':>14}{1.0:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
