@@ -217,6 +217,9 @@ class Runner:
     def _open(self) -> None:
         if self.make_engine is None or self.restore_engine is None:
             self.make_engine, self.restore_engine = default_engine_factory(self.settings)
+            # pay the one-time lazy imports (torch optimizer, river) before joining the group,
+            # not inside the first batch; the throwaway engine is discarded
+            self.make_engine(("warm-up",)).step(Batch.from_arrays([[0.0]]))
         self.source.listener = self
         opener = getattr(self.sink, "open", None)
         if callable(opener):
@@ -231,6 +234,10 @@ class Runner:
             if self.health is not None:
                 self.health.ready = False
             log.info("runner_stopped")
+
+    def positions(self) -> dict[TP, int]:
+        """Next offset per owned partition; everything below it is processed and committed."""
+        return {tp: part.position for tp, part in list(self._parts.items())}
 
     # ------------------------------------------------------------------ the loop
     def cycle(self, idle_timeout: float = 0.2) -> int:

@@ -173,28 +173,46 @@ class Decoder:
 
     def decode(self, block: RawBlock) -> Decoded:
         """Decode every message of ``block``; never raises for bad input."""
-        rows: list[list[Any]] = []
-        keys: list[str] = []
-        stamps: list[float] = []
-        labels: list[int] = []
-        good: list[int] = []
+        cols: tuple[list[Any], list[str], list[float], list[int], list[int]] = (
+            [], [], [], [], [])
+        rows, keys, stamps, labels, good = cols
         dead: list[DeadLetter] = []
-        for i in range(len(block)):
+        loads, names, max_bytes = orjson.loads, self.names, self.fmt.max_message_bytes
+        kf, tf, plain = self.fmt.key_field, self.fmt.timestamp_field, self.fmt.label_field is None
+        for i, value in enumerate(block.values):
+            # fast path: the default layout (string key, float seconds, no label); anything
+            # else, including every kind of bad input, takes the full path below
             try:
-                obj = load_object(block.values[i], self.fmt.max_message_bytes)
-                row = self._row(obj)
-                key = record_key(obj, self.fmt.key_field, block.keys[i])
-                stamp = event_time(obj, self.fmt.timestamp_field, block.timestamps_ms[i])
-                label = record_label(obj, self.fmt.label_field)
+                obj = loads(value)  # type: ignore[arg-type]  # None raises TypeError
+                row = [obj[n] for n in names]
+                key, stamp = obj[kf], obj[tf]
+            except (ValueError, TypeError, KeyError):
+                pass
+            else:
+                if (plain and type(key) is str and type(stamp) is float
+                        and -_MS_THRESHOLD <= stamp <= _MS_THRESHOLD and value is not None
+                        and len(value) <= max_bytes):
+                    rows.append(row)
+                    keys.append(key)
+                    stamps.append(stamp)
+                    labels.append(-1)
+                    good.append(i)
+                    continue
+            try:
+                decoded = self._decode_one(block, i)
             except DecodeError as exc:
                 dead.append(dead_letter(block, i, exc.reason, exc.detail))
                 continue
-            rows.append(row)
-            keys.append(key)
-            stamps.append(stamp)
-            labels.append(label)
-            good.append(i)
+            col: list[Any]
+            for col, v in zip(cols, (*decoded, i), strict=True):
+                col.append(v)
         return self._finish(block, rows, keys, stamps, labels, good, dead)
+
+    def _decode_one(self, block: RawBlock, i: int) -> tuple[list[Any], str, float, int]:
+        obj = load_object(block.values[i], self.fmt.max_message_bytes)
+        return (self._row(obj), record_key(obj, self.fmt.key_field, block.keys[i]),
+                event_time(obj, self.fmt.timestamp_field, block.timestamps_ms[i]),
+                record_label(obj, self.fmt.label_field))
 
     def _row(self, obj: dict[str, Any]) -> list[Any]:
         try:

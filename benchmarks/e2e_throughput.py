@@ -1,0 +1,173 @@
+"""End-to-end service throughput on a real broker, beside a river peer in the same harness.
+
+Produces ``--n`` 8-feature JSON records to a 4-partition topic, then runs the service
+(``Runner`` with the Kafka source and the exactly-once Kafka sink, default engine
+config, one torch thread) until the last decision is committed. The peer is the same
+runner with river ``HalfSpaceTrees`` (score_one + learn_one per record) as the engine.
+
+Two rates per row: ``total`` = records / (start .. last commit), including process-level
+start-up, group join and the first warm-up epochs; ``processing`` = records / (first
+assignment .. last commit). Uses the embedded Tansu broker unless ``--bootstrap`` is given.
+Machines are shared and noisy: compare the ratio measured in one run.
+
+    .venv/bin/python benchmarks/e2e_throughput.py [--n 500000] [--river-n 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import pathlib
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import orjson
+import structlog
+from confluent_kafka import Producer
+
+from stream_ae.broker import EmbeddedBroker, create_topics
+from stream_ae.config import Settings
+from stream_ae.records import Batch, StepResult
+from stream_ae.runner import Runner, build_runner
+
+NAMES = tuple(f"f{i}" for i in range(8))
+PARTITIONS = 4
+
+
+def produce(bootstrap: str, topic: str, n: int, seed: int = 0) -> None:
+    """Correlated Gaussian readings with 0.5 % spikes, round-robin over the partitions."""
+    rng = np.random.default_rng(seed)
+    mix = rng.normal(size=(8, 8)) / 3
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.size": 1_000_000,
+                  "compression.type": "lz4", "queue.buffering.max.messages": 1_000_000})
+    for start in range(0, n, 50_000):
+        x = rng.normal(size=(min(50_000, n - start), 8)) @ mix
+        x[rng.random(len(x)) < 0.005] += 6.0
+        for i, row in enumerate(x.tolist()):
+            j = start + i
+            value = orjson.dumps({"key": f"dev-{j % 64}", "ts": 1.7e9 + j * 1e-3,
+                                  **dict(zip(NAMES, row, strict=True))})
+            while True:
+                try:
+                    p.produce(topic, value, partition=j % PARTITIONS)
+                    break
+                except BufferError:
+                    p.poll(0.01)
+        p.poll(0)
+    assert p.flush(60) == 0
+
+
+class RiverHST:
+    """river HalfSpaceTrees as an engine: score_one then learn_one per record."""
+
+    def __init__(self, names: Sequence[str], limit: float = 0.9) -> None:
+        from river import anomaly, preprocessing
+
+        self.names = tuple(names)
+        self.limit = limit
+        self.model = preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(seed=0)
+        self.records_seen = 0
+        self.model_version = 0
+
+    def step(self, batch: Batch) -> StepResult:
+        scores = np.empty(len(batch))
+        for i, row in enumerate(batch.values.tolist()):
+            x = dict(zip(self.names, row, strict=True))
+            scores[i] = self.model.score_one(x)
+            self.model.learn_one(x)
+        self.records_seen += len(batch)
+        n = len(batch)
+        return StepResult(scores, np.full(n, self.limit), scores > self.limit,
+                          np.zeros(n, dtype=bool), np.zeros((n, len(self.names)), np.float32),
+                          self.names)
+
+    def snapshot(self) -> bytes:
+        return b""  # checkpoints are not part of this measurement
+
+
+def settings_for(bootstrap: str, topic: str, tmp: pathlib.Path) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    return Settings.load(None, **{
+        "engine": {"features": {"names": list(NAMES)}},
+        "kafka": {"bootstrap_servers": bootstrap, "input_topics": [topic],
+                  "group_id": f"bench-{tag}", "transactional_id": f"bench-{tag}",
+                  "alerts_topic": f"alerts-{tag}", "dead_letter_topic": f"dlq-{tag}",
+                  "events_topic": f"events-{tag}", "session_timeout_ms": 6000,
+                  "extra": {"heartbeat.interval.ms": "500",
+                            "partition.assignment.strategy": "range"}},
+        "batching": {"max_records": 4096, "max_wait_ms": 200},
+        "checkpoint": {"directory": str(tmp / tag), "interval_s": 30.0,
+                       "interval_records": 1_000_000},
+        "metrics": {"enabled": False},
+    })
+
+
+def timed_run(runner: Runner, n_per_part: int) -> tuple[float, float]:
+    """Run until every partition reached ``n_per_part``; (total s, processing s)."""
+    stop = threading.Event()
+    t0 = time.perf_counter()
+    first: list[float] = []
+
+    def watch() -> None:
+        while not stop.is_set():
+            pos = runner.positions()
+            if pos and not first:
+                first.append(time.perf_counter())
+            if len(pos) == PARTITIONS and all(v >= n_per_part for v in pos.values()):
+                first.append(time.perf_counter())
+                stop.set()
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    runner.run(stop)
+    watcher.join()
+    return first[-1] - t0, first[-1] - first[0]
+
+
+def measure(name: str, bootstrap: str, n: int, tmp: pathlib.Path, river: bool) -> None:
+    topic = f"bench-in-{uuid.uuid4().hex[:8]}"
+    create_topics(bootstrap, {topic: PARTITIONS})
+    produce(bootstrap, topic, n)
+    settings = settings_for(bootstrap, topic, tmp)
+    runner = build_runner(settings)
+    if river:
+        runner.make_engine = RiverHST
+        runner.restore_engine = lambda blob: RiverHST(NAMES)
+    gc.collect()
+    gc.freeze()
+    total, processing = timed_run(runner, n // PARTITIONS)
+    gc.unfreeze()
+    print(f"| {name:<34} | {n:>9,} | {n / total:>11,.0f} | {n / processing:>11,.0f} |",
+          flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=500_000)
+    ap.add_argument("--river-n", type=int, default=100_000)
+    ap.add_argument("--bootstrap", default=None)
+    args = ap.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="stream-ae-bench-"))
+    broker = None if args.bootstrap else EmbeddedBroker().__enter__()
+    bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
+    print("| pipeline (exactly-once, 4 partitions) | records | total rec/s | processing rec/s |")
+    print("|---|---:|---:|---:|")
+    try:
+        measure("stream-ae (autoencoder, default)", bootstrap, args.n, tmp, river=False)
+        measure("river HalfSpaceTrees (same harness)", bootstrap, args.river_n, tmp, river=True)
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    main()
