@@ -47,7 +47,7 @@ from stream_ae.evaluation import (
 )
 from stream_ae.readers import ALL_COLUMNS, BadRow, Chunk, Columns, Format, TableReader
 from stream_ae.records import F64, I64, Alert, Batch, Bool, SourcePosition, StepResult
-from stream_ae.report import DriftMark, ReportData, TopAlert, write_html, write_png
+from stream_ae.report import DriftMark, ReportData, TopAlert, write_reports
 from stream_ae.serde import (
     Decoded,
     Decoder,
@@ -360,8 +360,8 @@ def finish(collector: ResultCollector, output: pathlib.Path, title: str,
                  "alerts": int(frame["is_anomaly"].sum()), "bad rows": collector.bad_count,
                  "warm-up rows": int(frame["warmup"].sum()), "elapsed s": round(elapsed, 2)}
     data = collector.report_data(title, all_facts)
-    png = write_png(data, output.with_suffix(".png"))
-    html_path = write_html(data, output.with_suffix(".html"))
+    png, html_path = output.with_suffix(".png"), output.with_suffix(".html")
+    write_reports(data, png, html_path)
     metrics, delays = evaluate_frame(frame)
     summary = BacktestSummary(
         records=records, scored=scored, alerts=int(frame["is_anomaly"].sum()),

@@ -132,6 +132,29 @@ def simulate_cmd(
     typer.echo(f"produced {stats.records} records ({stats.anomalies} labelled anomalies)")
 
 
+@app.command("demo")
+def demo_cmd(
+    duration: Annotated[float, typer.Option(help="Seconds the simulator runs.")] = 60.0,
+    rate: Annotated[float, typer.Option(help="Simulated records per second.")] = 1000.0,
+    devices: Annotated[int, typer.Option(help="Simulated devices.")] = 6,
+    workdir: Annotated[pathlib.Path, typer.Option(help="Config, logs, checkpoints, report.")]
+        = pathlib.Path("out/demo"),
+    live: Annotated[bool | None, typer.Option(
+        "--live/--no-live", help="Live view (default: when stdout is a terminal).")] = None,
+    seed: int = 0,
+) -> None:
+    """Embedded broker + simulator + detector + live alert view; a summary at the end."""
+    from rich.console import Console
+
+    from stream_ae import demo
+
+    configure_logging("auto", "info")
+    opts = demo.DemoOptions(duration=duration, rate=rate, devices=devices, workdir=workdir,
+                            live=live, seed=seed)
+    summary = demo.run_demo(opts)
+    Console().print(demo.summary_table(summary))
+
+
 @app.command("run")
 def run_cmd(
     config: ConfigOpt = None,
