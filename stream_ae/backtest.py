@@ -244,7 +244,7 @@ class PredictionWriter:
     >>> w = PredictionWriter(pathlib.Path(tempfile.mkdtemp()) / "p.csv")
     >>> w.write(pd.DataFrame({"score": [1.5]})); w.write(pd.DataFrame({"score": [2.0]}))
     >>> w.path.read_text().split()
-    ['score', '1.5', '2']
+    ['score', '1.5', '2.0']
     """
 
     def __init__(self, path: pathlib.Path) -> None:
