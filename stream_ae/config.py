@@ -73,11 +73,11 @@ class ModelConfig(_Frozen):
 class TrainingConfig(_Frozen):
     """Sliding mini-batches, warm-up and the training gate."""
 
-    stride: int = Field(default=512, ge=1, description="Records scored between two learning steps.")
-    window: int = Field(default=2048, ge=1, description="Replay buffer of recent gated (normal) "
+    stride: int = Field(default=1024, ge=1, description="Records scored between two learning steps.")
+    window: int = Field(default=4096, ge=1, description="Replay buffer of recent gated (normal) "
                         "records each learning step trains on.")
     steps_per_stride: int = Field(default=1, ge=1, description="Optimizer steps per learning step.")
-    batch_size: int = Field(default=1024, ge=1, description="Rows per optimizer step (sampled "
+    batch_size: int = Field(default=2048, ge=1, description="Rows per optimizer step (sampled "
                             "from the window when smaller than it).")
     warmup: int = Field(default=1000, ge=0, description="Records at the start that are never "
                         "flagged; the scaler, model and threshold are fitted on them.")

@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from river import drift
 
 F64 = npt.NDArray[np.float64]
 DetectorName = Literal["adwin", "page_hinkley", "kswin"]
@@ -77,6 +76,8 @@ class DriftMonitor:
         self._n = 0
 
     def _fresh(self) -> Any:
+        from river import drift  # imported on first use: it pulls in scikit-learn (~1.5 s)
+
         if self.detector == "adwin":
             return drift.ADWIN(delta=self.delta)  # type: ignore[no-untyped-call]
         if self.detector == "page_hinkley":

@@ -105,7 +105,7 @@ class OnlineAutoencoder:
             self._build()
         n = x.shape[0]
         cols = np.empty((n, self.n_inputs), dtype=np.float32)
-        self._net.eval()
+        self._set_training(False)
         with torch.inference_mode():
             for start in range(0, n, SCORE_BLOCK):
                 block = _padded(x[start : start + SCORE_BLOCK])
@@ -118,7 +118,7 @@ class OnlineAutoencoder:
         """One optimiser step on the (weighted) mean squared error of ``x``; returns the loss."""
         if not self._built:
             self._build()
-        self._net.train()
+        self._set_training(True)
         for group in self._opt.param_groups:
             group["lr"] = self.lr * lr_scale
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -131,6 +131,10 @@ class OnlineAutoencoder:
         self._opt.step()
         self._n_steps += 1
         return float(loss.detach())
+
+    def _set_training(self, mode: bool) -> None:
+        if self._net.training != mode:  # Module.train() walks every submodule: skip no-ops
+            self._net.train(mode)
 
     def to_bytes(self) -> bytes:
         """Weights, optimiser state, generator state and step count (``torch.save``)."""

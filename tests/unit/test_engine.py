@@ -260,3 +260,10 @@ def test_regime_policy_relearns_a_new_normal(data: Batch) -> None:
     assert np.median(with_regime.scores[tail]) < 0.75 * np.median(without.scores[tail])
     got = run_split(Engine(no_drift, NAMES), data, [1, 1000, 1100, 1107, 1108, 1300])
     assert_same(concat([with_regime]), concat(got))
+
+
+def test_empty_batches_are_fine_with_and_without_key_state() -> None:
+    for cfg in (small_config(), small_config(lags=2, missing="ffill")):
+        eng = Engine(cfg, NAMES)
+        r = eng.step(Batch.from_arrays(np.zeros((0, 3))))
+        assert (len(r), r.feature_errors.shape[0], eng.records_seen) == (0, 0, 0)
