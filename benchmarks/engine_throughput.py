@@ -89,7 +89,8 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     print(f"n={args.n} batch={args.batch} torch threads={torch.get_num_threads()} "
           f"(river HST on {args.river_n} records, extrapolated)")
-    print(f"{'dim':>4}  {'variant (stride/window/batch)':<34}{'total rec/s':>13}{'steady rec/s':>14}{'x river':>9}")
+    print(f"{'dim':>4}  {'variant (stride/window/batch)':<34}{'total rec/s':>13}"
+          f"{'steady rec/s':>14}{'x river':>9}")
     for d in args.dims:
         x = correlated(args.n, d)
         river_rate = time_river(x[: args.river_n])

@@ -73,7 +73,8 @@ class ModelConfig(_Frozen):
 class TrainingConfig(_Frozen):
     """Sliding mini-batches, warm-up and the training gate."""
 
-    stride: int = Field(default=1024, ge=1, description="Records scored between two learning steps.")
+    stride: int = Field(default=1024, ge=1,
+                        description="Records scored between two learning steps.")
     window: int = Field(default=4096, ge=1, description="Replay buffer of recent gated (normal) "
                         "records each learning step trains on.")
     steps_per_stride: int = Field(default=1, ge=1, description="Optimizer steps per learning step.")
