@@ -28,6 +28,10 @@ from stream_ae.sources.kafka import client_config
 log = structlog.get_logger()
 
 TP = tuple[str, int]
+# consumer settings in ``kafka.extra`` that a producer would warn about
+_CONSUMER_ONLY = ("heartbeat.", "partition.assignment.", "session.timeout.", "group.",
+                  "auto.offset.", "fetch.", "max.poll.", "isolation.", "enable.auto.",
+                  "queued.", "enable.partition.eof", "allow.auto.create.")
 
 
 class OffsetCommitter(Protocol):
@@ -57,7 +61,8 @@ def producer_config(kafka: KafkaConfig) -> dict[str, Any]:
         conf["transactional.id"] = transactional_id(kafka)
         conf["transaction.timeout.ms"] = 60_000
         conf["message.timeout.ms"] = 60_000  # librdkafka: must not exceed the transaction's
-    return {**conf, **client_config(kafka)}
+    shared = {k: v for k, v in client_config(kafka).items() if not k.startswith(_CONSUMER_ONLY)}
+    return {**conf, **shared}
 
 
 class KafkaSink:

@@ -60,6 +60,8 @@ def consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
         "isolation.level": "read_committed", "session.timeout.ms": kafka.session_timeout_ms,
         # the default 1000 ms backoff stalls a consumer that decodes slower than it fetches
         "fetch.queue.backoff.ms": 10, "allow.auto.create.topics": False,
+        # the broker may hold a fetch this long when there is little data: bounds alert latency
+        "fetch.wait.max.ms": 50,
         **client_config(kafka),
     }
 
