@@ -173,9 +173,11 @@ class Decoder:
 
     def decode(self, block: RawBlock) -> Decoded:
         """Decode every message of ``block``; never raises for bad input."""
-        cols: tuple[list[Any], list[str], list[float], list[int], list[int]] = (
-            [], [], [], [], [])
-        rows, keys, stamps, labels, good = cols
+        rows: list[list[Any]] = []
+        keys: list[str] = []
+        stamps: list[float] = []
+        labels: list[int] = []
+        good: list[int] = []
         dead: list[DeadLetter] = []
         loads, names, max_bytes = orjson.loads, self.names, self.fmt.max_message_bytes
         kf, tf, plain = self.fmt.key_field, self.fmt.timestamp_field, self.fmt.label_field is None
@@ -203,9 +205,12 @@ class Decoder:
             except DecodeError as exc:
                 dead.append(dead_letter(block, i, exc.reason, exc.detail))
                 continue
-            col: list[Any]
-            for col, v in zip(cols, (*decoded, i), strict=True):
-                col.append(v)
+            row, key, stamp, label = decoded
+            rows.append(row)
+            keys.append(key)
+            stamps.append(stamp)
+            labels.append(label)
+            good.append(i)
         return self._finish(block, rows, keys, stamps, labels, good, dead)
 
     def _decode_one(self, block: RawBlock, i: int) -> tuple[list[Any], str, float, int]:
