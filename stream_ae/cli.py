@@ -144,11 +144,15 @@ def demo_cmd(
     seed: int = 0,
 ) -> None:
     """Embedded broker + simulator + detector + live alert view; a summary at the end."""
+    import sys
+
     from rich.console import Console
 
     from stream_ae import demo
 
-    configure_logging("auto", "info")
+    live = sys.stdout.isatty() if live is None else live
+    # log lines would tear through the Live view: only warnings while it is shown
+    configure_logging("auto", "warning" if live else "info")
     opts = demo.DemoOptions(duration=duration, rate=rate, devices=devices, workdir=workdir,
                             live=live, seed=seed)
     summary = demo.run_demo(opts)
