@@ -13,7 +13,8 @@ is river ``anomaly.HalfSpaceTrees`` (default parameters; per record: a dict from
 the numpy row, ``score_one``, ``learn_one``; the stream is min-max scaled to
 [0, 1] beforehand, outside the clock) on the first ``--river-n`` records; its rate
 is extrapolated to the whole stream (river's per-record cost is flat).
-Machines are noisy: compare ratios within one run.
+Machines are noisy: every row is the median of ``--repeats`` interleaved runs,
+and the ratio ``x river`` uses the total (warm-up included) rate.
 
     .venv/bin/python benchmarks/engine_throughput.py [--n 200000] [--river-n 20000]
 """
@@ -84,18 +85,27 @@ def main() -> None:
     p.add_argument("--river-n", type=int, default=20_000)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--dims", type=int, nargs="+", default=[8, 38])
+    p.add_argument("--repeats", type=int, default=3, help="interleaved runs; medians shown")
     args = p.parse_args()
     torch.set_num_threads(1)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     print(f"n={args.n} batch={args.batch} torch threads={torch.get_num_threads()} "
-          f"(river HST on {args.river_n} records, extrapolated)")
+          f"(river HST on {args.river_n} records, extrapolated); "
+          f"median of {args.repeats} interleaved runs")
     print(f"{'dim':>4}  {'variant (stride/window/batch)':<34}{'total rec/s':>13}"
           f"{'steady rec/s':>14}{'x river':>9}")
     for d in args.dims:
         x = correlated(args.n, d)
-        river_rate = time_river(x[: args.river_n])
-        for name, training in VARIANTS:
-            total, steady = time_engine(x, training, args.batch)
+        runs: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in VARIANTS}
+        river_runs: list[float] = []
+        for _ in range(args.repeats):  # interleaved, so load changes hit every row alike
+            river_runs.append(time_river(x[: args.river_n]))
+            for name, training in VARIANTS:
+                runs[name].append(time_engine(x, training, args.batch))
+        river_rate = float(np.median(river_runs))
+        for name, _ in VARIANTS:
+            total = float(np.median([t for t, _ in runs[name]]))
+            steady = float(np.median([s for _, s in runs[name]]))
             print(f"{d:>4}  {name:<34}{total:>13,.0f}{steady:>14,.0f}{total / river_rate:>9.1f}")
         print(f"{d:>4}  {'river HalfSpaceTrees':<34}{river_rate:>13,.0f}{'':>14}{1.0:>9.1f}")
 

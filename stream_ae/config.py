@@ -63,7 +63,7 @@ class ModelConfig(_Frozen):
 
     hidden: tuple[int, ...] = (32, 16)
     bottleneck: int = Field(default=4, ge=1)
-    activation: Literal["relu", "tanh", "gelu", "elu", "silu"] = "tanh"
+    activation: Literal["relu", "tanh", "gelu", "elu", "silu"] = "elu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
     lr: float = Field(default=1e-3, gt=0.0)
