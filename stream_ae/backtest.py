@@ -25,8 +25,8 @@ import structlog
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -34,7 +34,7 @@ from rich.progress import (
 from rich.table import Table
 
 from stream_ae.checkpoint import CheckpointStore, read_checkpoint
-from stream_ae.config import KafkaConfig, Settings
+from stream_ae.config import EngineConfig, KafkaConfig, Settings
 from stream_ae.engine import Engine
 from stream_ae.errors import ConfigError, SourceError
 from stream_ae.evaluation import (
@@ -95,7 +95,7 @@ def progress_bar(description: str, total: float | None, enabled: bool = True
     """A rich progress bar with ETA on stderr; silent when stderr is not a terminal."""
     console = Console(stderr=True)
     bar = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
         TextColumn("{task.fields[records]:,} records"), TimeElapsedColumn(),
         TextColumn("ETA"), TimeRemainingColumn(),
         console=console, disable=not (enabled and console.is_terminal),
@@ -156,7 +156,7 @@ class ResultCollector:
             j = min(e.batch_index, len(res) - 1)
             self._drift.append(DriftMark(groups[j], float(times[j]), int(rows[j]), e.kind,
                                          e.detector, e.action))
-            log.info("backtest_drift", group=groups[j], row=int(rows[j]), kind=e.kind,
+            log.debug("backtest_drift", group=groups[j], row=int(rows[j]), kind=e.kind,
                      detector=e.detector, action=e.action)
 
     def _offer_alert(self, group: str, t: float, row: int, res: StepResult, i: int) -> None:
@@ -205,10 +205,10 @@ class ResultCollector:
         frame["label"] = frame["label"].astype(np.int64)
         return frame
 
-    def report_data(self, title: str, facts: Mapping[str, Any]) -> ReportData:
-        """Metrics, delays and everything the report draws."""
-        frame = self.frame()
-        metrics, delays = evaluate_frame(frame)
+    def report_data(self, title: str, facts: Mapping[str, Any], frame: pd.DataFrame,
+                    metrics: Metrics | None, delays: Sequence[EpisodeDelay]) -> ReportData:
+        """Everything the report draws (``frame``, ``metrics``, ``delays``: already computed
+        from :meth:`frame` with :func:`evaluate_frame`)."""
         return ReportData(
             title=title, frame=frame, feature_names=self.feature_names,
             top_alerts=[a for _, _, a in sorted(self._top, key=lambda x: -x[0])],
@@ -359,10 +359,10 @@ def finish(collector: ResultCollector, output: pathlib.Path, title: str,
     all_facts = {**facts, "records": records, "scored": scored,
                  "alerts": int(frame["is_anomaly"].sum()), "bad rows": collector.bad_count,
                  "warm-up rows": int(frame["warmup"].sum()), "elapsed s": round(elapsed, 2)}
-    data = collector.report_data(title, all_facts)
+    metrics, delays = evaluate_frame(frame)
+    data = collector.report_data(title, all_facts, frame, metrics, delays)
     png, html_path = output.with_suffix(".png"), output.with_suffix(".html")
     write_reports(data, png, html_path)
-    metrics, delays = evaluate_frame(frame)
     summary = BacktestSummary(
         records=records, scored=scored, alerts=int(frame["is_anomaly"].sum()),
         bad_rows=collector.bad_count, drift_events=len(data.drift), elapsed_s=elapsed,
@@ -378,14 +378,20 @@ def finish(collector: ResultCollector, output: pathlib.Path, title: str,
 
 def settings_with(settings: Settings, features: Sequence[str] | None = None,
                   warmup: int | None = None) -> Settings:
-    """``settings`` with CLI overrides of the feature list and the warm-up length."""
-    engine = settings.engine
+    """``settings`` with CLI overrides of the feature list and the warm-up length, validated.
+
+    >>> settings_with(Settings(), ["a", "b"], 10).engine.training.warmup
+    10
+    """
+    data = settings.engine.model_dump()
     if features:
-        engine = engine.model_copy(update={"features": engine.features.model_copy(
-            update={"names": tuple(features)})})
+        data["features"]["names"] = tuple(features)
     if warmup is not None:
-        engine = engine.model_copy(update={"training": engine.training.model_copy(
-            update={"warmup": warmup})})
+        data["training"]["warmup"] = warmup
+    try:
+        engine = EngineConfig.model_validate(data)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     return settings.model_copy(update={"engine": engine})
 
 
@@ -494,6 +500,42 @@ def _restored(settings: Settings, inp: TopicInput
     log.info("backtest_from_checkpoint", path=str(path), partitions=sorted(engines),
              start_offsets=offsets)
     return engines, ckpts[0].feature_names or None, offsets
+
+
+class TimeProgress:
+    """How far a replay got, from record timestamps (topics have no reliable row count:
+    some brokers report wrong high watermarks).
+
+    Each partition's fraction is its latest record time between the start (the start time,
+    or the first record seen) and the end (the end time, or when the replay began); the
+    replay's fraction is their mean.
+
+    >>> p = TimeProgress(start=None, end=100.0)
+    >>> p.update(0, [0, 40_000]); p.update(1, [20_000, 60_000])
+    >>> p.fraction
+    0.5
+    """
+
+    def __init__(self, start: float | None, end: float) -> None:
+        self.start = start
+        self.end = end
+        self._latest: dict[int, float] = {}
+
+    def update(self, partition: int, timestamps_ms: Sequence[int | None]) -> None:
+        stamps = [t / 1000.0 for t in timestamps_ms if t is not None]
+        if not stamps:
+            return
+        if self.start is None:
+            self.start = min(stamps)
+        self._latest[partition] = max(self._latest.get(partition, -math.inf), max(stamps))
+
+    @property
+    def fraction(self) -> float:
+        if self.start is None or not self._latest or self.end <= self.start:
+            return 0.0
+        span = self.end - self.start
+        return float(np.mean([min(max((t - self.start) / span, 0.0), 1.0)
+                              for t in self._latest.values()]))
 
 
 class TopicReplay:
@@ -607,13 +649,16 @@ def run_topic_backtest(settings: Settings, inp: TopicInput, output: pathlib.Path
     replay = TopicReplay(settings, PredictionWriter(output), alerts, engines, names)
     source = TopicReplaySource(settings.kafka, inp.topic, inp.start, inp.end, offsets)
     source.open()
+    clock = TimeProgress(inp.start.value if inp.start.kind == "time" else None,
+                         inp.end or time.time())
     try:
-        with progress_bar(f"replay {inp.topic}", None, progress) as bar:
+        with progress_bar(f"replay {inp.topic}", 1.0, progress) as bar:
             while not source.done:
                 for block in source.poll_blocks(settings.batching.max_records, 0.5):
                     replay.step(block)
+                    clock.update(block.partition, block.timestamps_ms)
                 seen = replay.collector.records if replay.collector else 0
-                bar.update(bar.task_ids[0], completed=seen, records=seen)
+                bar.update(bar.task_ids[0], completed=clock.fraction, records=seen)
     finally:
         source.close()
         alerts.close()
