@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import structlog
 import torch
 
 from stream_ae.config import EngineConfig
@@ -78,8 +79,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args()
     torch.set_num_threads(1)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
     print(f"train={args.n_train} test={args.n_test} anomalies=20, default EngineConfig")
-    print(f"{'scenario':<26}{'seed':>5}{'tp':>5}{'fp':>5}{'fn':>5}{'precision':>11}"
+    print(f"{'scenario':<30}{'seed':>5}{'tp':>5}{'fp':>5}{'fn':>5}{'precision':>11}"
           f"{'recall':>8}{'F1':>7}{'drift':>7}{'s':>7}")
     for seed in args.seeds:
         rng = np.random.default_rng(seed)
@@ -93,7 +95,7 @@ def main() -> None:
         for name, normal, anomaly in cases:
             x, labels = build_stream(rng, normal, anomaly, args.n_train, args.n_test, 20)
             m = run(x, labels, args.n_train)
-            print(f"{name:<26}{seed:>5}{m['tp']:>5}{m['fp']:>5}{m['fn']:>5}"
+            print(f"{name:<30}{seed:>5}{m['tp']:>5}{m['fp']:>5}{m['fn']:>5}"
                   f"{m['precision']:>11.2f}{m['recall']:>8.2f}{m['f1']:>7.2f}"
                   f"{m['drift_events']:>7}{m['seconds']:>7.1f}")
 
