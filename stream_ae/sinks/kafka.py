@@ -23,7 +23,7 @@ from stream_ae import serde
 from stream_ae.config import KafkaConfig
 from stream_ae.errors import FencedError, SinkError
 from stream_ae.records import Alert, DeadLetter, DriftEvent, SourcePosition
-from stream_ae.sources.kafka import client_config
+from stream_ae.sources.kafka import ErrorLog, client_config
 
 log = structlog.get_logger()
 
@@ -96,16 +96,13 @@ class KafkaSink:
     def open(self, timeout: float = 60.0) -> None:
         """Create the producer; in exactly-once mode fence older instances (init_transactions)."""
         try:
-            self._producer = Producer({**producer_config(self.kafka), "error_cb": self._on_error})
+            self._producer = Producer({**producer_config(self.kafka), "error_cb": ErrorLog()})
             if self.transactional:
                 self._producer.init_transactions(timeout)
         except KafkaException as exc:
             raise _translate(exc, "cannot start producer") from exc
         log.info("producer_ready", guarantee=self.kafka.guarantee,
                  transactional_id=transactional_id(self.kafka) if self.transactional else None)
-
-    def _on_error(self, err: KafkaError) -> None:
-        log.warning("kafka_client_error", code=err.name(), reason=err.str(), fatal=err.fatal())
 
     @property
     def producer(self) -> Producer:

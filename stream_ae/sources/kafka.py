@@ -11,6 +11,7 @@ some brokers report wrongly).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -66,8 +67,29 @@ def consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
     }
 
 
-def _error_cb(err: KafkaError) -> None:
-    log.warning("kafka_client_error", code=err.name(), reason=err.str(), fatal=err.fatal())
+class ErrorLog:
+    """librdkafka ``error_cb``: log each error code at most once per ``every`` seconds
+    (a broker outage reports a connection failure many times a second).
+
+    >>> e = ErrorLog(every=60.0)
+    >>> e.should_log("_TRANSPORT", now=0.0), e.should_log("_TRANSPORT", now=1.0)
+    (True, False)
+    """
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+
+    def should_log(self, code: str, now: float) -> bool:
+        if now - self._last.get(code, -self.every) < self.every:
+            return False
+        self._last[code] = now
+        return True
+
+    def __call__(self, err: KafkaError) -> None:
+        if err.fatal() or self.should_log(err.name(), time.monotonic()):
+            log.warning("kafka_client_error", code=err.name(), reason=err.str(),
+                        fatal=err.fatal())
 
 
 @dataclass(frozen=True)
@@ -148,7 +170,7 @@ class KafkaGroupSource:
 
     def open(self) -> None:
         """Create the consumer and subscribe (the group join happens in ``poll_blocks``)."""
-        conf = {**consumer_config(self.kafka), "error_cb": _error_cb}
+        conf = {**consumer_config(self.kafka), "error_cb": ErrorLog()}
         try:
             self._consumer = Consumer(conf)
             self._consumer.subscribe(list(self.kafka.input_topics), on_assign=self._on_assign,
@@ -210,13 +232,24 @@ class KafkaGroupSource:
         """For ``Producer.send_offsets_to_transaction``."""
         return self.consumer.consumer_group_metadata()
 
-    def commit(self, offsets: Mapping[TP, int]) -> None:
-        """Commit next-to-read offsets synchronously (at-least-once mode)."""
+    def commit(self, offsets: Mapping[TP, int], retry_for: float = 120.0) -> None:
+        """Commit next-to-read offsets synchronously (at-least-once mode); retriable errors
+        (a broker outage, a coordinator moving) are retried for ``retry_for`` seconds."""
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        try:
-            self.consumer.commit(offsets=tps, asynchronous=False)
-        except KafkaException as exc:
-            raise SourceError(f"offset commit failed: {exc}") from exc
+        deadline = time.monotonic() + retry_for
+        while True:
+            try:
+                self.consumer.commit(offsets=tps, asynchronous=False)
+                return
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                retriable = isinstance(err, KafkaError) and (err.retriable() or err.code() in (
+                    KafkaError._TRANSPORT, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                    KafkaError.NOT_COORDINATOR, KafkaError._WAIT_COORD))
+                if not retriable or time.monotonic() > deadline:
+                    raise SourceError(f"offset commit failed: {exc}") from exc
+                log.warning("offset_commit_retry", reason=str(exc))
+                time.sleep(0.5)  # error path only: back off before asking the broker again
 
     def lag(self, tp: TP, position: int) -> int | None:
         """High watermark (cached from fetches) minus ``position``; None when unknown."""
@@ -274,7 +307,7 @@ class KafkaTopicReader:
     def open(self) -> None:
         """Create the consumer and assign the partitions at their start positions."""
         conf = {**consumer_config(self.kafka), "enable.partition.eof": True,
-                "group.id": f"{self.kafka.group_id}-reader", "error_cb": _error_cb}
+                "group.id": f"{self.kafka.group_id}-reader", "error_cb": ErrorLog()}
         try:
             self._consumer = Consumer(conf)
             parts = self._start_positions(self._consumer)
