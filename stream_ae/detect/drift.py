@@ -27,7 +27,16 @@ DetectorName = Literal["adwin", "page_hinkley", "kswin"]
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    """One detection: position in the values given to ``update_many``, levels around it."""
+    """One detection: position in the values given to ``update_many``, levels around it.
+
+    ``level_before`` is the mean of the values the detector dropped from its window,
+    ``level_after`` the detector's estimate after the change (both in fed units).
+
+    Examples
+    --------
+    >>> Detection(index=3, level_before=0.0, level_after=1.0).index
+    3
+    """
 
     index: int
     level_before: float

@@ -267,3 +267,15 @@ def test_empty_batches_are_fine_with_and_without_key_state() -> None:
         eng = Engine(cfg, NAMES)
         r = eng.step(Batch.from_arrays(np.zeros((0, 3))))
         assert (len(r), r.feature_errors.shape[0], eng.records_seen) == (0, 0, 0)
+
+
+def test_drift_and_regime_events_are_logged(data: Batch) -> None:
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        res = Engine(small_config(), NAMES).step(data)
+    drift_logs = [e for e in logs if e["event"] == "drift_detected"]
+    assert [e["record_index"] for e in drift_logs] == [
+        ev.record_index for ev in res.drift_events if ev.kind == "drift"
+    ]
+    assert all(e["log_level"] == "info" for e in drift_logs)
