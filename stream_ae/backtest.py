@@ -279,10 +279,17 @@ def file_predictions(chunk: Chunk, res: StepResult | None, roles: Columns) -> pd
         good["label"] = chunk.labels
     good["error"] = error
     frame = pd.DataFrame(good)
-    if chunk.bad:
-        bad = pd.DataFrame({"line": [b.line for b in chunk.bad], "is_anomaly": 0, "warmup": 0,
-                            "error": [f"{b.reason}: {b.detail}" for b in chunk.bad]})
-        frame = pd.concat([frame, bad], ignore_index=True).sort_values("line", kind="stable")
+    bad = pd.DataFrame({"line": [b.line for b in chunk.bad],
+                        "error": [f"{b.reason}: {b.detail}" for b in chunk.bad]})
+    return with_unscored(frame, bad, "line")
+
+
+def with_unscored(frame: pd.DataFrame, bad: pd.DataFrame, order: str) -> pd.DataFrame:
+    """Prediction rows plus rows that were never scored (``bad``: position and ``error``),
+    in input order (by ``order``); labels as nullable integers (empty when unknown)."""
+    if len(bad):
+        bad = bad.assign(is_anomaly=0, warmup=0)
+        frame = pd.concat([frame, bad], ignore_index=True).sort_values(order, kind="stable")
         frame[["is_anomaly", "warmup"]] = frame[["is_anomaly", "warmup"]].astype(np.int8)
     if "label" in frame:
         frame["label"] = frame["label"].astype("Int64")
@@ -626,16 +633,11 @@ def topic_predictions(partition: int, decoded: Decoded, res: StepResult | None,
     if with_label:
         cols["label"] = b.labels if b.labels is not None else np.full(n, -1)
     frame = pd.DataFrame({**cols, "error": error})
-    if decoded.dead_letters:
-        dead = pd.DataFrame({
-            "partition": partition, "is_anomaly": 0, "warmup": 0,
-            "offset": [d.original.position.offset for d in decoded.dead_letters],
-            "error": [f"{d.reason}: {d.detail}" for d in decoded.dead_letters]})
-        frame = pd.concat([frame, dead], ignore_index=True).sort_values("offset", kind="stable")
-        frame[["is_anomaly", "warmup"]] = frame[["is_anomaly", "warmup"]].astype(np.int8)
-    if with_label:
-        frame["label"] = frame["label"].astype("Int64")
-    return frame
+    dead = pd.DataFrame({
+        "partition": partition,
+        "offset": [d.original.position.offset for d in decoded.dead_letters],
+        "error": [f"{d.reason}: {d.detail}" for d in decoded.dead_letters]})
+    return with_unscored(frame, dead, "offset")
 
 
 def run_topic_backtest(settings: Settings, inp: TopicInput, output: pathlib.Path,

@@ -35,7 +35,7 @@ from rich.table import Table
 from stream_ae.broker import EmbeddedBroker
 from stream_ae.config import KafkaConfig, Settings
 from stream_ae.schema import AlertMessage, EventMessage
-from stream_ae.simulate import SensorSimulator, SimBlock, SimulationConfig, produce
+from stream_ae.simulate import SimBlock, SimulationConfig, produce_to
 from stream_ae.sources.kafka import KafkaTopicReader
 
 log = structlog.get_logger()
@@ -252,27 +252,22 @@ def _stop_service(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int |
 
 
 class _Producer:
-    """Runs the simulator in a thread through the Kafka sink's producer."""
+    """Runs the simulator in a thread (:func:`~stream_ae.simulate.produce_to`)."""
 
     def __init__(self, kafka: KafkaConfig, sim: SimulationConfig, opts: DemoOptions,
                  state: DemoState) -> None:
-        from stream_ae.sinks.kafka import KafkaSink
-
-        self.sink = KafkaSink(kafka.model_copy(update={"guarantee": "at_least_once"}))
-        self.sim, self.opts, self.state = sim, opts, state
+        self.kafka, self.sim, self.opts, self.state = kafka, sim, opts, state
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="simulator", daemon=True)
 
     def start(self) -> None:
-        self.sink.open()
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            produce(SensorSimulator(self.sim), self.sink.producer, TOPICS["sensors"],
-                    self.opts.rate, duration=self.opts.duration, stop=self.stop,
-                    on_block=self.state.on_block)
+            produce_to(self.kafka, None, TOPICS["sensors"], self.sim, self.opts.rate,
+                       duration=self.opts.duration, stop=self.stop, on_block=self.state.on_block)
         except BaseException as exc:  # surfaced to the main thread in join()
             self.error = exc
 
@@ -283,7 +278,6 @@ class _Producer:
     def join(self) -> None:
         self.stop.set()
         self._thread.join(30)
-        self.sink.close()
         if self.error is not None:
             raise self.error
 

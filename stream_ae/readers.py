@@ -31,7 +31,7 @@ import orjson
 import pandas as pd
 
 from stream_ae.errors import ConfigError, SourceError
-from stream_ae.records import F32, F64, I64, Batch, Bool
+from stream_ae.records import F64, I64, Batch, Bool
 
 Format = Literal["csv", "jsonl", "parquet"]
 
@@ -85,7 +85,7 @@ class Chunk:
     keys: tuple[str, ...]
     timestamps: F64
     timestamp_text: tuple[str, ...] | None
-    values: F32
+    values: F64  # as read; the engine batch gets float32
     labels: I64 | None
     bad: tuple[BadRow, ...]
     bytes_read: int
@@ -95,7 +95,9 @@ class Chunk:
 
     def to_batch(self) -> Batch:
         """The good rows as an engine batch."""
-        return Batch(self.keys, self.timestamps, self.values, self.labels)
+        with np.errstate(over="ignore"):  # beyond float32: inf, then the missing-value policy
+            values = self.values.astype(np.float32)
+        return Batch(self.keys, self.timestamps, values, self.labels)
 
 
 def detect_format(path: pathlib.Path) -> Format:
@@ -344,7 +346,7 @@ def columnize(raw: _RawChunk, roles: Columns) -> Chunk:
     frame, n = raw.frame, len(raw.frame)
     bad_mask = np.zeros(n, dtype=np.bool_)
     reasons: dict[int, BadRow] = {}
-    values = np.empty((n, len(roles.features)), dtype=np.float32)
+    values = np.empty((n, len(roles.features)), dtype=np.float64)
     for j, name in enumerate(roles.features):
         col = frame[name] if name in frame.columns else pd.Series([None] * n, dtype=object)
         values[:, j], wrong = _parse_numbers(col)

@@ -39,6 +39,7 @@ import pandas as pd
 
 from stream_ae.config import KafkaConfig
 from stream_ae.records import F32, F64, I64, Bool
+from stream_ae.sinks.kafka import KafkaSink
 
 
 class Producer(Protocol):
@@ -357,20 +358,20 @@ def _send(producer: Producer, topic: str, block: SimBlock) -> None:
 
 
 def produce_to(kafka: KafkaConfig, bootstrap: str | None, topic: str, config: SimulationConfig,
-               rate: float, steps: int | None = None, duration: float | None = None
-               ) -> ProduceStats:
-    """Produce to ``topic`` through the Kafka sink's producer until ``steps``/``duration``
-    or Ctrl-C (which ends the run cleanly after flushing)."""
-    from stream_ae.sinks.kafka import KafkaSink
-
+               rate: float, steps: int | None = None, duration: float | None = None,
+               stop: threading.Event | None = None,
+               on_block: Callable[[SimBlock], None] | None = None) -> ProduceStats:
+    """:func:`produce` through the Kafka sink's (idempotent) producer until ``steps``,
+    ``duration``, ``stop`` or Ctrl-C (which ends the run cleanly after flushing)."""
     update: dict[str, object] = {"guarantee": "at_least_once"}
     if bootstrap:
         update["bootstrap_servers"] = bootstrap
     sink = KafkaSink(kafka.model_copy(update=update))
     sink.open()
-    stop = threading.Event()
+    stop = stop or threading.Event()
     try:
-        return produce(SensorSimulator(config), sink.producer, topic, rate, steps, duration, stop)
+        return produce(SensorSimulator(config), sink.producer, topic, rate, steps, duration, stop,
+                       on_block)
     except KeyboardInterrupt:
         stop.set()
         sink.producer.flush(30)

@@ -22,7 +22,8 @@ from stream_ae.errors import ConfigError
 from stream_ae.schema import AlertMessage
 from stream_ae.serde import Decoder, RawBlock
 from stream_ae.simulate import SensorSimulator, SimulationConfig
-from stream_ae.sources.replay import ReplayStart, parse_start
+from stream_ae.sources.base import Source
+from stream_ae.sources.replay import ReplayStart, TopicReplaySource, parse_start
 
 N_STEPS = 400  # per device; 2 devices per partition -> 800 records per partition
 T0_MS = 1_700_000_000_000
@@ -96,6 +97,22 @@ def test_full_replay_matches_offline_engines_and_stays_isolated(
     assert read_all(bootstrap, topics["alerts"]) == []
     for group in (settings.kafka.group_id, f"{settings.kafka.group_id}-reader"):
         assert all(o < 0 for o in committed(bootstrap, group, topic, 2))
+
+
+def test_replay_source_reads_to_the_end_and_follows_the_protocol(
+        replay_setup: tuple[Settings, dict[int, list[bytes]], str]) -> None:
+    settings, _, topic = replay_setup
+    src = TopicReplaySource(settings.kafka, topic, parse_start("790"))
+    assert isinstance(src, Source)
+    src.open()
+    got: list[tuple[int, int]] = []
+    try:
+        while not src.done:
+            got += [(m.position.partition, m.position.offset) for m in src.poll(100, 0.5)]
+        assert src.position() == {(topic, 0): 800, (topic, 1): 800}
+    finally:
+        src.close()
+    assert sorted(got) == [(p, o) for p in (0, 1) for o in range(790, 800)]
 
 
 def test_time_range_keeps_only_records_inside_it(

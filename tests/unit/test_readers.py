@@ -5,11 +5,14 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
 from stream_ae.errors import ConfigError
 from stream_ae.readers import BadRow, Columns, TableReader, parse_timestamps, sniff_separator
+from stream_ae.sources.base import Source
+from stream_ae.sources.replay import FileSource
 
 FRAME = pd.DataFrame({
     "time": ["2024-01-01T00:00:00Z", "2024-01-01T00:00:01Z", "2024-01-01T00:00:02Z"],
@@ -130,3 +133,23 @@ def test_parquet_datetime_columns(tmp_path: pathlib.Path) -> None:
     frame = FRAME.assign(time=pd.to_datetime(FRAME["time"]))
     (chunk,) = list(TableReader(_write(frame, tmp_path / "t.parquet")))
     np.testing.assert_allclose(chunk.timestamps, [T0, T0 + 1, T0 + 2])
+
+
+def test_file_source_follows_the_source_protocol(tmp_path: pathlib.Path) -> None:
+    frame = FRAME.rename(columns={"device": "key"})
+    path = _write(frame, tmp_path / "t.jsonl")
+    with path.open("a") as fh:
+        fh.write("garbage\n")
+    src = FileSource(path)
+    assert isinstance(src, Source)
+    first = src.poll(2, 0.0)
+    assert [m.position.offset for m in first] == [1, 2]
+    assert src.position() == {("t.jsonl", 0): 3}
+    rest = src.poll(10, 0.0)
+    assert [m.position.offset for m in rest] == [3] and src.poll(10, 0.0) == []
+    assert src.done and [b.line for b in src.bad_rows] == [4]
+    assert src.position() == {("t.jsonl", 0): 5}  # past the bad last line
+    obj = orjson.loads(first[1].value or b"")
+    assert obj == {"key": "d2", "ts": T0 + 1, "temp": 21.0, "pressure": 1.1, "label": 1}
+    assert first[1].key == b"d2"
+    src.close()
