@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -110,32 +111,31 @@ class FeatureStage:
             rows = np.flatnonzero(ok)
             rejected = tuple((int(r), REJECT_NON_FINITE) for r in np.flatnonzero(~ok))
             return np.ascontiguousarray(v[rows]), rows.astype(np.int64), rejected
-        groups = _group_rows(keys)
-        if len(self._hist) + len(groups) > self.max_keys and any(
-            k not in self._hist for k in groups
-        ):
+        if len(self._hist) + len(set(keys)) > self.max_keys and any(
+            k not in self._hist for k in keys
+        ):  # an eviction may happen inside this batch: follow it record by record
             return self._transform_sequential(keys, v)
-        return self._transform_grouped(groups, v)
+        return self._transform_grouped(keys, v)
 
     def _transform_grouped(
-        self, groups: dict[str, list[int]], v: F32
+        self, keys: Sequence[str], v: F32
     ) -> tuple[F32, I64, tuple[tuple[int, str], ...]]:
-        out = np.empty((v.shape[0], self.n_features), dtype=np.float32)
-        ok = np.zeros(v.shape[0], dtype=np.bool_)
-        reasons: dict[int, str] = {}
-        last_ok: dict[str, int] = {}
-        for key, idx in groups.items():
-            rows = np.asarray(idx, dtype=np.int64)
-            feats, acc, rej = self._key_rows(key, v[rows])
-            out[rows[acc]] = feats
-            ok[rows[acc]] = True
-            reasons.update((int(rows[i]), why) for i, why in rej)
-            if acc.size:
-                last_ok[key] = int(rows[acc[-1]])
-        for key in sorted(last_ok, key=last_ok.__getitem__):  # LRU: by last accepted row
-            self._hist.move_to_end(key)
-        rows_ok = np.flatnonzero(ok).astype(np.int64)
-        return out[rows_ok], rows_ok, tuple(sorted(reasons.items()))
+        """All keys at once (no eviction inside the batch)."""
+        index: dict[str, int] = {}
+        ids = np.fromiter((index.setdefault(k, len(index)) for k in keys), np.int64, len(keys))
+        uniq = list(index)
+        hist = np.zeros((len(uniq), max(1, self.lags), self.n_raw), np.float32)
+        known = np.zeros(len(uniq), np.bool_)
+        for i, k in enumerate(uniq):
+            cur = self._hist.get(k)
+            if cur is not None:
+                hist[i], known[i] = cur, True
+        out = _features(ids, v, hist, known, self.lags, self.diffs, self.missing)
+        for i in np.argsort(out.last_row, kind="stable"):  # LRU order: by last accepted row
+            if out.last_row[i] >= 0:
+                self._hist[uniq[i]] = out.hist[i]
+                self._hist.move_to_end(uniq[i])
+        return out.features, out.rows, out.rejected
 
     def _transform_sequential(
         self, keys: Sequence[str], v: F32
@@ -144,58 +144,14 @@ class FeatureStage:
         ok = np.zeros(v.shape[0], dtype=np.bool_)
         rejected: list[tuple[int, str]] = []
         for i, key in enumerate(keys):
-            feats, acc, rej = self._key_rows(key, v[i : i + 1])
-            if acc.size:
+            feats, rows, rej = self._transform_grouped([key], v[i : i + 1])
+            if rows.size:
                 out[i], ok[i] = feats[0], True
-                self._hist.move_to_end(key)
-                self._evict()
+                while len(self._hist) > self.max_keys:
+                    self._hist.popitem(last=False)
             rejected += [(i, why) for _, why in rej]
         rows_ok = np.flatnonzero(ok).astype(np.int64)
         return out[rows_ok], rows_ok, tuple(rejected)
-
-    def _evict(self) -> None:
-        while len(self._hist) > self.max_keys:
-            self._hist.popitem(last=False)
-
-    def _key_rows(
-        self, key: str, rows: F32
-    ) -> tuple[F32, I64, list[tuple[int, str]]]:
-        """Accept/fill one key's rows (in order), build their features, update its history."""
-        hist = self._hist.get(key)
-        acc, filled, rej = self._accept(hist, rows)
-        if acc.size == 0:
-            return np.empty((0, self.n_features), np.float32), acc, rej
-        if hist is None:
-            hist = np.repeat(filled[:1], max(1, self.lags), axis=0)
-        feats, new_hist = _shingle(hist, filled, self.lags, self.diffs)
-        self._hist[key] = new_hist
-        if len(self._hist) > self.max_keys:
-            self._evict_except(key)
-        return feats, acc, rej
-
-    def _evict_except(self, key: str) -> None:
-        self._hist.move_to_end(key)
-        self._evict()
-
-    def _accept(
-        self, hist: F32 | None, rows: F32
-    ) -> tuple[I64, F32, list[tuple[int, str]]]:
-        finite = np.isfinite(rows)
-        if self.missing == "reject":
-            ok = finite.all(axis=1)
-            rej = [(int(i), REJECT_NON_FINITE) for i in np.flatnonzero(~ok)]
-            acc = np.flatnonzero(ok).astype(np.int64)
-            return acc, rows[acc], rej
-        start = 0
-        if hist is None:  # nothing to carry: rows before the first complete one are rejected
-            complete = np.flatnonzero(finite.all(axis=1))
-            start = int(complete[0]) if complete.size else rows.shape[0]
-            hist = rows[start : start + 1]
-        rej = [(i, REJECT_NO_PREVIOUS) for i in range(start)]
-        acc = np.arange(start, rows.shape[0], dtype=np.int64)
-        if acc.size == 0:
-            return acc, rows[:0], rej
-        return acc, _ffill(rows[start:], finite[start:], hist[0]), rej
 
     def get_state(self) -> dict[str, Any]:
         """Plain data: keys in LRU order (oldest first) and their histories."""
@@ -214,34 +170,87 @@ class FeatureStage:
         self._hist = OrderedDict((str(k), stack[i].copy()) for i, k in enumerate(state["keys"]))
 
 
-def _group_rows(keys: Sequence[str]) -> dict[str, list[int]]:
-    groups: dict[str, list[int]] = {}
-    for i, k in enumerate(keys):
-        groups.setdefault(k, []).append(i)
-    return groups
+@dataclass(frozen=True, slots=True)
+class _Features:
+    features: F32  # accepted rows, in row order
+    rows: I64  # their row indices
+    rejected: tuple[tuple[int, str], ...]
+    hist: F32  # (keys, H, d) new history per key, most recent first
+    last_row: I64  # last accepted row per key, -1 when none
 
 
-def _ffill(rows: F32, finite: npt.NDArray[np.bool_], last: F32) -> F32:
-    """Fill non-finite cells from the same column's previous finite cell (or ``last``)."""
+def _features(
+    ids: I64, v: F32, hist: F32, known: npt.NDArray[np.bool_], lags: int, diffs: bool,
+    missing: str,
+) -> _Features:
+    """Features for a batch, vectorised over keys.
+
+    Rows are grouped by key (stable sort) into one array ``E`` in which each key's
+    segment is its ``H`` history rows (oldest first) followed by its accepted rows; lag
+    ``j`` of the row at position ``p`` is then ``E[p - j]``, and forward filling
+    cannot cross a segment because history rows are always complete.
+    """
+    m, h, d = hist.shape
+    order = np.argsort(ids, kind="stable")
+    sid, sv = ids[order], v[order]
+    acc, reason = _accepted(sid, np.isfinite(sv), known, missing)
+    pos = np.arange(sid.size)
+    first = np.full(m, sid.size, dtype=np.int64)
+    np.minimum.at(first, sid[acc], pos[acc])
+    fresh = ~known & (first < sid.size)  # new keys: lags filled with their first reading
+    hist = hist.copy()
+    hist[fresh] = sv[first[fresh]][:, None, :]
+    counts = np.bincount(sid[acc], minlength=m)
+    seg = np.arange(m) * h + np.concatenate([[0], np.cumsum(counts)[:-1]])
+    e = np.empty((m * h + int(counts.sum()), d), dtype=np.float32)
+    virt = (seg[:, None] + np.arange(h)).ravel()
+    e[virt] = hist[:, ::-1, :].reshape(m * h, d)
+    sacc = sid[acc]
+    rank = np.arange(sacc.size) - (np.cumsum(counts) - counts)[sacc]
+    p = seg[sacc] + h + rank
+    e[p] = sv[acc]
+    e = _ffill_segments(e, virt)
+    feats = _lag_blocks(e, p, lags, diffs)
+    new_hist = e[(seg + h + counts)[:, None] - 1 - np.arange(h)]
+    orig = order[acc]
+    back = np.argsort(orig, kind="stable")
+    last = np.full(m, -1, dtype=np.int64)
+    np.maximum.at(last, sacc, orig)
+    rej = sorted(zip(order[~acc].tolist(), [reason] * int((~acc).sum()), strict=True))
+    return _Features(feats[back], orig[back].astype(np.int64), tuple(rej), new_hist, last)
+
+
+def _accepted(
+    sid: I64, finite: npt.NDArray[np.bool_], known: npt.NDArray[np.bool_], missing: str
+) -> tuple[npt.NDArray[np.bool_], str]:
+    """Accepted rows (key-sorted) and the reason the others are rejected."""
+    complete: npt.NDArray[np.bool_] = np.all(finite, axis=1)
+    if missing == "reject":
+        return complete, REJECT_NON_FINITE
+    first = np.full(known.size, sid.size, dtype=np.int64)
+    pos = np.arange(sid.size)
+    np.minimum.at(first, sid[complete], pos[complete])
+    acc: npt.NDArray[np.bool_] = np.logical_or(known[sid], pos >= first[sid])
+    return acc, REJECT_NO_PREVIOUS
+
+
+def _ffill_segments(e: F32, virt: I64) -> F32:
+    """Fill non-finite cells from the same column's previous finite cell (history rows count
+    as finite: they are complete, and they stop a fill from crossing into another key)."""
+    finite = np.isfinite(e)
+    finite[virt] = True
     if finite.all():
-        return rows
-    n = rows.shape[0]
-    idx = np.where(finite, np.arange(n)[:, None], -1)
+        return e
+    idx = np.where(finite, np.arange(e.shape[0])[:, None], -1)
     np.maximum.accumulate(idx, axis=0, out=idx)
-    cols = np.arange(rows.shape[1])[None, :]
-    taken = rows[np.maximum(idx, 0), cols]
-    return np.where(idx >= 0, taken, last[None, :]).astype(np.float32)
+    return e[idx, np.arange(e.shape[1])[None, :]]
 
 
-def _shingle(hist: F32, rows: F32, lags: int, diffs: bool) -> tuple[F32, F32]:
-    """Features of ``rows`` given the key's history (most recent first); the new history."""
-    h = hist.shape[0]
-    seq = np.concatenate([hist[::-1], rows])  # oldest first
-    m = rows.shape[0]
-    blocks = [rows] + [seq[h - j : h - j + m] for j in range(1, lags + 1)]
+def _lag_blocks(e: F32, p: I64, lags: int, diffs: bool) -> F32:
+    blocks = [e[p - j] for j in range(lags + 1)]
     if diffs:
-        blocks.append(rows - seq[h - 1 : h - 1 + m])
-    return np.concatenate(blocks, axis=1), np.ascontiguousarray(seq[-h:][::-1])
+        blocks.append(e[p] - e[p - 1])
+    return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
 
 
 class RecordWindow:

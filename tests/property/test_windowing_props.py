@@ -47,7 +47,7 @@ rows = st.lists(st.tuples(st.sampled_from("abcd"), st.lists(cell, min_size=D, ma
                 min_size=1, max_size=40)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(
     data=rows,
     lags=st.integers(min_value=0, max_value=3),

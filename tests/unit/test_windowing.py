@@ -83,3 +83,21 @@ def test_record_window_ring_and_state() -> None:
     np.testing.assert_array_equal(copy.column("x"), w.column("x"))
     w.clear()
     assert len(w) == 0 and w.column("x").shape == (0, 2)
+
+
+def test_many_keys_one_batch_equals_one_row_at_a_time() -> None:
+    rng = np.random.default_rng(0)
+    n = 3000
+    keys = [f"k{i}" for i in rng.integers(0, 300, n)]
+    values = rng.normal(size=(n, 3)).astype(np.float32)
+    values[rng.random((n, 3)) < 0.05] = np.nan
+    a = FeatureStage(n_raw=3, lags=3, diffs=True, missing="ffill", max_keys=1000)
+    b = FeatureStage(n_raw=3, lags=3, diffs=True, missing="ffill", max_keys=1000)
+    xa, rows_a, rej_a = a.transform(keys, values)
+    parts = [b.transform(keys[i : i + 1], values[i : i + 1]) for i in range(n)]
+    xb = np.concatenate([p[0] for p in parts])
+    assert rows_a.tolist() == [i for i, p in enumerate(parts) if p[1].size]
+    assert list(rej_a) == [(i, why) for i, p in enumerate(parts) for _, why in p[2]]
+    np.testing.assert_array_equal(xa, xb)
+    assert a.get_state()["keys"] == b.get_state()["keys"]
+    np.testing.assert_array_equal(a.get_state()["hist"], b.get_state()["hist"])
