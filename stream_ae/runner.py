@@ -26,7 +26,6 @@ import structlog
 
 from stream_ae.checkpoint import Checkpoint, CheckpointStore
 from stream_ae.config import Settings
-from stream_ae.errors import SinkError
 from stream_ae.metrics import Health, ServiceMetrics
 from stream_ae.records import Alert, Batch, DeadLetter, DriftEvent, SourcePosition, StepResult
 from stream_ae.serde import Decision, Decoded, Decoder, RawBlock, dead_letter, infer_feature_names
@@ -266,6 +265,16 @@ class Runner:
             self._process(blocks)
 
     def _process(self, blocks: list[RawBlock]) -> None:
+        try:
+            self._process_batch(blocks)
+        except BaseException:
+            # engines may have advanced past what is committed: never checkpoint them now;
+            # the restart recovers from the last checkpoint and the committed offsets
+            self._tainted = True
+            self._parts.clear()
+            raise
+
+    def _process_batch(self, blocks: list[RawBlock]) -> None:
         t0 = self.clock()
         grouped: dict[TP, list[RawBlock]] = {}
         for b in blocks:
@@ -286,16 +295,10 @@ class Runner:
             self.metrics.batch_records.observe(sum(len(b) for b in blocks))
 
     def _publish(self, out: _Outputs) -> None:
-        try:
-            self.sink.begin()
-            self.sink.write(out.alerts, out.dead, out.events)
-            self.sink.write_decisions(out.decisions)
-            self.sink.commit(out.offsets, self.source)
-        except SinkError:
-            # engines have advanced past what is committed: never checkpoint them now
-            self._tainted = True
-            self._parts.clear()
-            raise
+        self.sink.begin()
+        self.sink.write(out.alerts, out.dead, out.events)
+        self.sink.write_decisions(out.decisions)
+        self.sink.commit(out.offsets, self.source)
         if self.metrics is not None:
             self._count_outputs(out)
 

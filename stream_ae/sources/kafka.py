@@ -145,6 +145,13 @@ def _raise_on_error(m: Message) -> bool:
     return False
 
 
+def _unassign(consumer: Consumer, partitions: list[TopicPartition], cooperative: bool) -> None:
+    if cooperative:
+        consumer.incremental_unassign(partitions)
+    else:
+        consumer.unassign()
+
+
 class KafkaGroupSource:
     """Consume ``kafka.input_topics`` in the consumer group ``kafka.group_id``.
 
@@ -166,11 +173,13 @@ class KafkaGroupSource:
         self.kafka = kafka
         self.listener = listener
         self._consumer: Consumer | None = None
+        self._cooperative = False
         self.assigned: set[TP] = set()
 
     def open(self) -> None:
         """Create the consumer and subscribe (the group join happens in ``poll_blocks``)."""
         conf = {**consumer_config(self.kafka), "error_cb": ErrorLog()}
+        self._cooperative = "cooperative" in str(conf.get("partition.assignment.strategy", ""))
         try:
             self._consumer = Consumer(conf)
             self._consumer.subscribe(list(self.kafka.input_topics), on_assign=self._on_assign,
@@ -207,7 +216,10 @@ class KafkaGroupSource:
         starts = dict(self.listener.on_assign(assignments)) if self.listener else {}
         for p in partitions:
             p.offset = starts.get((p.topic, p.partition), OFFSET_BEGINNING)
-        consumer.assign(partitions)
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
         self.assigned |= {(p.topic, p.partition) for p in partitions}
         log.info("partitions_assigned", partitions=[f"{p.topic}/{p.partition}@{p.offset}"
                                                     for p in partitions])
@@ -218,7 +230,7 @@ class KafkaGroupSource:
         if self.listener:
             self.listener.on_revoke(tps)
         self.assigned -= set(tps)
-        consumer.unassign()
+        _unassign(consumer, partitions, self._cooperative)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -226,7 +238,7 @@ class KafkaGroupSource:
         if self.listener:
             self.listener.on_lost(tps)
         self.assigned -= set(tps)
-        consumer.unassign()
+        _unassign(consumer, partitions, self._cooperative)
 
     def group_metadata(self) -> object:
         """For ``Producer.send_offsets_to_transaction``."""
