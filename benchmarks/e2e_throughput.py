@@ -7,8 +7,11 @@ runner with river ``HalfSpaceTrees`` (score_one + learn_one per record) as the e
 
 Two rates per row: ``total`` = records / (start .. last commit), including process-level
 start-up, group join and the first warm-up epochs; ``processing`` = records / (first
-assignment .. last commit). Uses the embedded Tansu broker unless ``--bootstrap`` is given.
-Machines are shared and noisy: compare the ratio measured in one run.
+assignment .. last commit); ``rec per CPU-s`` = records / CPU seconds of the service process
+(all its threads, librdkafka's included) during processing: less sensitive to other load on
+a shared machine. ``max_records`` is 16384 (about 4096 rows per partition engine per step).
+Uses the embedded Tansu broker unless ``--bootstrap`` is given. Machines are shared and
+noisy: compare the ratio measured in one run.
 
     .venv/bin/python benchmarks/e2e_throughput.py [--n 500000] [--river-n 100000]
 """
@@ -39,6 +42,7 @@ from stream_ae.runner import Runner, build_runner
 
 NAMES = tuple(f"f{i}" for i in range(8))
 PARTITIONS = 4
+MAX_RECORDS = 16384
 
 
 def produce(bootstrap: str, topic: str, n: int, seed: int = 0) -> None:
@@ -102,26 +106,28 @@ def settings_for(bootstrap: str, topic: str, tmp: pathlib.Path) -> Settings:
                   "events_topic": f"events-{tag}", "session_timeout_ms": 6000,
                   "extra": {"heartbeat.interval.ms": "500",
                             "partition.assignment.strategy": "range"}},
-        "batching": {"max_records": 4096, "max_wait_ms": 200},
+        "batching": {"max_records": MAX_RECORDS, "max_wait_ms": 200},
         "checkpoint": {"directory": str(tmp / tag), "interval_s": 30.0,
                        "interval_records": 1_000_000},
         "metrics": {"enabled": False},
     })
 
 
-def timed_run(runner: Runner, n_per_part: int) -> tuple[float, float]:
-    """Run until every partition reached ``n_per_part``; (total s, processing s)."""
+def timed_run(runner: Runner, n_per_part: int) -> tuple[float, float, float]:
+    """Run until every partition reached ``n_per_part``.
+
+    Returns (total s, processing s, CPU s of this process during processing)."""
     stop = threading.Event()
     t0 = time.perf_counter()
-    first: list[float] = []
+    marks: list[tuple[float, float]] = []
 
     def watch() -> None:
         while not stop.is_set():
             pos = runner.positions()
-            if pos and not first:
-                first.append(time.perf_counter())
+            if pos and not marks:
+                marks.append((time.perf_counter(), time.process_time()))
             if len(pos) == PARTITIONS and all(v >= n_per_part for v in pos.values()):
-                first.append(time.perf_counter())
+                marks.append((time.perf_counter(), time.process_time()))
                 stop.set()
             time.sleep(0.005)
 
@@ -129,7 +135,7 @@ def timed_run(runner: Runner, n_per_part: int) -> tuple[float, float]:
     watcher.start()
     runner.run(stop)
     watcher.join()
-    return first[-1] - t0, first[-1] - first[0]
+    return marks[-1][0] - t0, marks[-1][0] - marks[0][0], marks[-1][1] - marks[0][1]
 
 
 def measure(name: str, bootstrap: str, n: int, tmp: pathlib.Path, river: bool) -> None:
@@ -143,10 +149,10 @@ def measure(name: str, bootstrap: str, n: int, tmp: pathlib.Path, river: bool) -
         runner.restore_engine = lambda blob: RiverHST(NAMES)
     gc.collect()
     gc.freeze()
-    total, processing = timed_run(runner, n // PARTITIONS)
+    total, processing, cpu = timed_run(runner, n // PARTITIONS)
     gc.unfreeze()
-    print(f"| {name:<34} | {n:>9,} | {n / total:>11,.0f} | {n / processing:>11,.0f} |",
-          flush=True)
+    print(f"| {name:<34} | {n:>9,} | {n / total:>9,.0f} | {n / processing:>9,.0f} "
+          f"| {n / cpu:>9,.0f} |", flush=True)
 
 
 def main() -> None:
@@ -159,8 +165,10 @@ def main() -> None:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="stream-ae-bench-"))
     broker = None if args.bootstrap else EmbeddedBroker().__enter__()
     bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
-    print("| pipeline (exactly-once, 4 partitions) | records | total rec/s | processing rec/s |")
-    print("|---|---:|---:|---:|")
+    print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores are shared: compare ratios)")
+    print("| pipeline (exactly-once, 4 partitions) | records | total rec/s | processing rec/s "
+          "| rec per CPU-s |")
+    print("|---|---:|---:|---:|---:|")
     try:
         measure("stream-ae (autoencoder, default)", bootstrap, args.n, tmp, river=False)
         measure("river HalfSpaceTrees (same harness)", bootstrap, args.river_n, tmp, river=True)
