@@ -21,6 +21,7 @@ import datetime as dt
 import itertools
 import json
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +58,38 @@ _MS_THRESHOLD = 1e11  # epoch values above this are milliseconds (1e11 s is the 
 
 def _no_headers(_: int) -> Headers:
     return ()
+
+
+class LazyColumn(Sequence[Any]):
+    """A column whose items are computed on access from source objects.
+
+    The Kafka source hands message keys and timestamps over this way: only the slow decode
+    path (a record without key/timestamp fields) and dead letters read them.
+
+    >>> col = LazyColumn([1, 2, 3], lambda x: x * 10)
+    >>> (col[1], list(col[1:]), len(col))
+    (20, [20, 30], 3)
+    """
+
+    def __init__(self, items: Sequence[Any], get: Callable[[Any], Any]) -> None:
+        self.items = items
+        self.get = get
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return LazyColumn(self.items[i], self.get)
+        return self.get(self.items[i])
+
+
+def _concat(cols: Sequence[Sequence[Any]]) -> Sequence[Any]:
+    first = cols[0]
+    if isinstance(first, LazyColumn) and all(
+            isinstance(c, LazyColumn) and c.get is first.get for c in cols):
+        return LazyColumn([x for c in cols for x in c.items], first.get)  # type: ignore[attr-defined]
+    return [x for c in cols for x in c]
 
 
 @dataclass(frozen=True)
@@ -108,8 +141,8 @@ class RawBlock:
         first = blocks[0]
         return cls(
             first.topic, first.partition, [o for b in blocks for o in b.offsets],
-            [v for b in blocks for v in b.values], [k for b in blocks for k in b.keys],
-            [t for b in blocks for t in b.timestamps_ms], headers,
+            [v for b in blocks for v in b.values], _concat([b.keys for b in blocks]),
+            _concat([b.timestamps_ms for b in blocks]), headers,
         )
 
     def tail(self, start: int) -> RawBlock:
@@ -130,6 +163,15 @@ class RawBlock:
             pos.topic, pos.partition, [m.position.offset for m in msgs], [m.value for m in msgs],
             [m.key for m in msgs], [m.timestamp_ms for m in msgs], lambda i: msgs[i].headers,
         )
+
+
+def _one(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    name = names[0] if names else ""
+
+    def pick(obj: Any) -> tuple[Any, ...]:
+        return (obj[name],)
+
+    return pick
 
 
 @dataclass(frozen=True)
@@ -173,20 +215,21 @@ class Decoder:
 
     def decode(self, block: RawBlock) -> Decoded:
         """Decode every message of ``block``; never raises for bad input."""
-        rows: list[list[Any]] = []
+        rows: list[Sequence[Any]] = []
         keys: list[str] = []
         stamps: list[float] = []
         labels: list[int] = []
         good: list[int] = []
         dead: list[DeadLetter] = []
-        loads, names, max_bytes = orjson.loads, self.names, self.fmt.max_message_bytes
+        loads, max_bytes = orjson.loads, self.fmt.max_message_bytes
+        pick = operator.itemgetter(*self.names) if len(self.names) > 1 else _one(self.names)
         kf, tf, plain = self.fmt.key_field, self.fmt.timestamp_field, self.fmt.label_field is None
         for i, value in enumerate(block.values):
             # fast path: the default layout (string key, float seconds, no label); anything
             # else, including every kind of bad input, takes the full path below
             try:
                 obj = loads(value)  # type: ignore[arg-type]  # None raises TypeError
-                row = [obj[n] for n in names]
+                row = pick(obj)
                 key, stamp = obj[kf], obj[tf]
             except (ValueError, TypeError, KeyError):
                 pass
@@ -213,13 +256,13 @@ class Decoder:
             good.append(i)
         return self._finish(block, rows, keys, stamps, labels, good, dead)
 
-    def _decode_one(self, block: RawBlock, i: int) -> tuple[list[Any], str, float, int]:
+    def _decode_one(self, block: RawBlock, i: int) -> tuple[Sequence[Any], str, float, int]:
         obj = load_object(block.values[i], self.fmt.max_message_bytes)
         return (self._row(obj), record_key(obj, self.fmt.key_field, block.keys[i]),
                 event_time(obj, self.fmt.timestamp_field, block.timestamps_ms[i]),
                 record_label(obj, self.fmt.label_field))
 
-    def _row(self, obj: dict[str, Any]) -> list[Any]:
+    def _row(self, obj: dict[str, Any]) -> Sequence[Any]:
         try:
             return [obj[n] for n in self.names]
         except KeyError as exc:
@@ -228,7 +271,7 @@ class Decoder:
             raise DecodeError("missing_feature", f"field {exc.args[0]!r} is missing") from None
 
     def _finish(
-        self, block: RawBlock, rows: list[list[Any]], keys: list[str], stamps: list[float],
+        self, block: RawBlock, rows: list[Sequence[Any]], keys: list[str], stamps: list[float],
         labels: list[int], good: list[int], dead: list[DeadLetter],
     ) -> Decoded:
         if not set(map(type, itertools.chain.from_iterable(rows))) <= {int, float}:
@@ -251,9 +294,9 @@ class Decoder:
 
 
 def _filter_rows(
-    rows: list[list[Any]], keys: list[str], stamps: list[float], labels: list[int],
+    rows: list[Sequence[Any]], keys: list[str], stamps: list[float], labels: list[int],
     good: list[int], missing: str, reject: Callable[[int, str, str], None],
-) -> tuple[list[list[Any]], list[str], list[float], list[int], list[int]]:
+) -> tuple[list[Sequence[Any]], list[str], list[float], list[int], list[int]]:
     """Slow path: drop rows holding non-numbers; map None to NaN under ffill."""
     out: tuple[list[Any], ...] = ([], [], [], [], [])
     for row, k, t, lab, i in zip(rows, keys, stamps, labels, good, strict=True):

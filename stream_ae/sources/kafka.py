@@ -29,7 +29,7 @@ from confluent_kafka import (
 from stream_ae.config import KafkaConfig
 from stream_ae.errors import SourceError
 from stream_ae.records import RawMessage, SourcePosition
-from stream_ae.serde import RawBlock
+from stream_ae.serde import LazyColumn, RawBlock
 
 log = structlog.get_logger()
 
@@ -122,11 +122,20 @@ def blocks_from(msgs: Sequence[Any]) -> list[RawBlock]:
     return [_block(tp, g) for tp, g in groups.items()]
 
 
+def _msg_key(m: Any) -> bytes | None:
+    return m.key()  # type: ignore[no-any-return]
+
+
+def _msg_timestamp(m: Any) -> int | None:
+    kind, ts = m.timestamp()
+    return ts if kind else None
+
+
 def _block(tp: TP, g: list[Any]) -> RawBlock:
-    stamps = [m.timestamp() for m in g]
+    # keys and timestamps are read only for records without key/timestamp fields: lazily
     return RawBlock(
-        tp[0], tp[1], [m.offset() for m in g], [m.value() for m in g], [m.key() for m in g],
-        [t if kind else None for kind, t in stamps],
+        tp[0], tp[1], [m.offset() for m in g], [m.value() for m in g],
+        LazyColumn(g, _msg_key), LazyColumn(g, _msg_timestamp),
         lambda i: tuple((k, v or b"") for k, v in (g[i].headers() or ())),
     )
 
