@@ -115,6 +115,8 @@ class ResultCollector:
         The model inputs named in ``StepResult.feature_errors``.
     top_k
         How many of the most exceeding alerts keep their per-feature errors.
+    row_name
+        What the row numbers are: ``line`` (files) or ``offset`` (topics).
 
     Examples
     --------
@@ -125,9 +127,11 @@ class ResultCollector:
     [['a', 2.0, True, 1]]
     """
 
-    def __init__(self, feature_names: Sequence[str], top_k: int = TOP_ALERTS) -> None:
+    def __init__(self, feature_names: Sequence[str], top_k: int = TOP_ALERTS,
+                 row_name: str = "row") -> None:
         self.feature_names = tuple(feature_names)
         self.top_k = top_k
+        self.row_name = row_name
         self._cols: dict[str, list[Any]] = {k: [] for k in
                                             ("group", "time", "score", "threshold",
                                              "is_anomaly", "warmup", "label", "row")}
@@ -214,7 +218,7 @@ class ResultCollector:
             top_alerts=[a for _, _, a in sorted(self._top, key=lambda x: -x[0])],
             drift=tuple(self._drift), bad_rows=self.bad_rows, bad_row_count=self.bad_count,
             metrics=None if metrics is None else {**metrics.as_dict(), **delay_summary(delays)},
-            delays=delays, facts=facts,
+            delays=delays, facts=facts, row_name=self.row_name,
         )
 
 
@@ -345,7 +349,7 @@ def _start(settings: Settings, reader: TableReader) -> tuple[Engine, ResultColle
     log.info("backtest_started", input=str(reader.path), features=list(reader.feature_names),
              timestamp=reader.roles.timestamp, label=reader.roles.label, key=reader.roles.key,
              warmup=settings.engine.training.warmup)
-    return engine, ResultCollector(reader.feature_names)
+    return engine, ResultCollector(reader.feature_names, row_name="line")
 
 
 def _collect_chunk(collector: ResultCollector, chunk: Chunk, res: StepResult | None) -> None:
@@ -596,13 +600,13 @@ class TopicReplay:
                 return Decoded(Batch.from_arrays(np.empty((0, 0))), np.empty(0, np.int64), dead)
             self._decoder = Decoder(self.names, self.settings.record,
                                     self.settings.engine.features.missing)
-            self.collector = ResultCollector(self.names)
+            self.collector = ResultCollector(self.names, row_name="offset")
             log.info("backtest_features", names=list(self.names))
         return self._decoder.decode(block)
 
     def _collect(self, partition: int, decoded: Decoded, res: StepResult | None) -> None:
         if self.collector is None:
-            self.collector = ResultCollector(self.names or ())
+            self.collector = ResultCollector(self.names or (), row_name="offset")
         bad = [BadRow(d.original.position.offset, d.reason, d.detail)
                for d in decoded.dead_letters]
         self.collector.add_bad(bad)

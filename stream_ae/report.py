@@ -83,6 +83,7 @@ class ReportData:
     metrics: Mapping[str, Any] | None = None
     delays: Sequence[EpisodeDelay] = ()
     facts: Mapping[str, Any] = field(default_factory=dict)
+    row_name: str = "row"  # what ``row`` numbers are: "line" (files) or "offset" (topics)
 
     @property
     def has_time(self) -> bool:
@@ -219,7 +220,8 @@ def contributions_figure(data: ReportData) -> Figure:
     for j, name in enumerate(names):
         ax.barh(range(len(alerts)), share[:, j], left=left, color=cmap(j % 20), label=name)
         left += share[:, j]
-    ax.set_yticks(range(len(alerts)), [f"{a.group or '-'} row {a.row}" for a in alerts], fontsize=7)
+    names_y = [f"{a.group or '-'} {data.row_name} {a.row}" for a in alerts]
+    ax.set_yticks(range(len(alerts)), names_y, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("share of squared error")
     ax.legend(fontsize=7, ncols=min(len(names), 6), loc="lower right")
@@ -283,15 +285,18 @@ def _time_text(data: ReportData, t: float) -> str:
 def _sections(data: ReportData, overview: bytes) -> list[str]:
     facts = [{"item": k, "value": v} for k, v in data.facts.items()]
     metric_rows = [{"metric": k, "value": v} for k, v in (data.metrics or {}).items()]
-    drift = [{"group": d.group, "time": _time_text(data, d.time), "row": d.row, "kind": d.kind,
+    drift = [{"group": d.group, "time": _time_text(data, d.time), data.row_name: d.row,
+              "kind": d.kind,
               "detector": d.detector, "action": d.action} for d in data.drift]
     delays = [{"group": d.group, "start": _time_text(data, d.start_time) or d.start,
                "records": d.stop - d.start, "detected": d.detected,
                "delay_records": "" if d.delay_records is None else d.delay_records,
                "delay_s": "" if d.delay_seconds is None else d.delay_seconds}
               for d in data.delays]
-    bad = [{"line": b.line, "reason": b.reason, "detail": b.detail} for b in data.bad_rows]
-    top = [{"group": a.group, "time": _time_text(data, a.time), "row": a.row, "score": a.score,
+    bad = [{data.row_name: b.line, "reason": b.reason, "detail": b.detail}
+           for b in data.bad_rows]
+    top = [{"group": a.group, "time": _time_text(data, a.time), data.row_name: a.row,
+            "score": a.score,
             "threshold": a.threshold,
             "top features": ", ".join(f"{n} ({v:.3g})" for n, v in a.contributions[:3])}
            for a in data.top_alerts]
