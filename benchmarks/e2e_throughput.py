@@ -38,11 +38,12 @@ from confluent_kafka import Producer
 from stream_ae.broker import EmbeddedBroker, create_topics
 from stream_ae.config import Settings
 from stream_ae.records import Batch, StepResult
-from stream_ae.runner import Runner, build_runner
+from stream_ae.runner import Runner, build_runner, tune_gc
 
 NAMES = tuple(f"f{i}" for i in range(8))
 PARTITIONS = 4
 MAX_RECORDS = 16384
+DEFAULT_GC = gc.get_threshold()
 
 
 def produce(bootstrap: str, topic: str, n: int, seed: int = 0) -> None:
@@ -147,10 +148,10 @@ def measure(name: str, bootstrap: str, n: int, tmp: pathlib.Path, river: bool) -
     if river:
         runner.make_engine = RiverHST
         runner.restore_engine = lambda blob: RiverHST(NAMES)
-    gc.collect()
-    gc.freeze()
+    tune_gc()  # as run_service does
     total, processing, cpu = timed_run(runner, n // PARTITIONS)
     gc.unfreeze()
+    gc.set_threshold(*DEFAULT_GC)
     print(f"| {name:<34} | {n:>9,} | {n / total:>9,.0f} | {n / processing:>9,.0f} "
           f"| {n / cpu:>9,.0f} |", flush=True)
 
