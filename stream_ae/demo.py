@@ -34,6 +34,7 @@ from rich.table import Table
 
 from stream_ae.broker import EmbeddedBroker
 from stream_ae.config import KafkaConfig, Settings
+from stream_ae.errors import StreamAEError
 from stream_ae.schema import AlertMessage, EventMessage
 from stream_ae.simulate import SimBlock, SimulationConfig, produce_to
 from stream_ae.sources.kafka import KafkaTopicReader
@@ -282,18 +283,26 @@ class _Producer:
             raise self.error
 
 
-def _watch(sub: Subscriber, producer: _Producer, state: DemoState, sim: SimulationConfig,
-           live: bool) -> None:
+def _running(producer: _Producer, service: subprocess.Popen[bytes]) -> bool:
+    """The simulator still produces; ``StreamAEError`` when the service died under it."""
+    if service.poll() is not None:
+        raise StreamAEError(f"the detector service exited with code {service.returncode}; "
+                            "see service.log in the demo's work directory")
+    return producer.running
+
+
+def _watch(sub: Subscriber, producer: _Producer, service: subprocess.Popen[bytes],
+           state: DemoState, sim: SimulationConfig, live: bool) -> None:
     """Poll alerts while the simulator runs: Live view on a terminal, log lines otherwise."""
     if live:
         with Live(render(state, time.time(), sim), refresh_per_second=4,
                   console=Console()) as view:
-            while producer.running:
+            while _running(producer, service):
                 sub.poll(0.25)
                 view.update(render(state, time.time(), sim))
         return
     last = 0.0
-    while producer.running:
+    while _running(producer, service):
         sub.poll(0.25)
         now = time.time()
         if now - last >= 5.0:
@@ -360,10 +369,11 @@ def _run_parts(settings: Settings, config_path: pathlib.Path, sim: SimulationCon
         sub.open()
         producer.start()
         try:
-            _watch(sub, producer, state, sim, live)
+            _watch(sub, producer, service, state, sim, live)
         except KeyboardInterrupt:
             log.info("demo_interrupted")
-        producer.join()
+        finally:
+            producer.join()
         _drain(sub)
     finally:
         exit_code = _stop_service(service)

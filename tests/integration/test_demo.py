@@ -10,7 +10,15 @@ import sys
 
 import pytest
 
-from stream_ae.demo import DemoOptions, DemoState, render, simulation_config, summarise
+from stream_ae.demo import (
+    DemoOptions,
+    DemoState,
+    _running,
+    render,
+    simulation_config,
+    summarise,
+)
+from stream_ae.errors import StreamAEError
 from stream_ae.schema import AlertMessage, EventMessage
 
 
@@ -72,3 +80,10 @@ def test_summary_counts_precision_recall_and_drift_delay() -> None:
     assert s.drift_injected_at == 1060.0  # at 60 % of the run
     assert (s.drift_detected_at, s.drift_delay_s, s.events_before_drift) == (1064.5, 4.5, 1)
     assert render(state, 1070.0, sim) is not None
+
+
+def test_a_dead_service_stops_the_demo() -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait(30)
+    with pytest.raises(StreamAEError, match="exited with code 3"):
+        _running(producer=None, service=dead)  # type: ignore[arg-type]
