@@ -243,12 +243,17 @@ class Runner:
     def cycle(self, idle_timeout: float = 0.2) -> int:
         """Poll once, process the pending batch when full or due; return records polled."""
         cfg = self.settings.batching
-        now = self.clock()
-        timeout = max(0.0, self._deadline - now) if self._pending else idle_timeout
-        blocks = self.source.poll_blocks(cfg.max_records - self._pending_n, timeout)
+        if self._pending:  # fill the batch until it is full or its deadline passes
+            timeout = max(0.0, self._deadline - self.clock())
+            blocks = self.source.poll_blocks(cfg.max_records - self._pending_n, timeout)
+        else:
+            # a poll for n messages waits for all n: wait for the first one only, then take
+            # what is already fetched, so the latency bound starts at the first arrival
+            blocks = self.source.poll_blocks(1, idle_timeout)
+            if blocks:
+                self._deadline = self.clock() + cfg.max_wait_ms / 1000.0
+                blocks += self.source.poll_blocks(cfg.max_records - 1, 0.0)
         n = sum(len(b) for b in blocks)
-        if n and not self._pending:
-            self._deadline = self.clock() + cfg.max_wait_ms / 1000.0
         self._pending += blocks
         self._pending_n += n
         if self._pending and (self._pending_n >= cfg.max_records or self.clock() >= self._deadline
