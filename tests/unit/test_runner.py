@@ -161,3 +161,36 @@ def test_feature_names_inferred_and_persisted(tmp_path: pathlib.Path) -> None:
     assert ckpt.feature_names == ("u", "v")
     assert ckpt.position == 6 and ckpt.engine is not None
     assert [d.reason for d in sink.dead_letters] == ["invalid_json"]
+
+
+def test_partial_batch_waits_for_max_wait_then_is_processed(tmp_path: pathlib.Path) -> None:
+    from stream_ae.testing import FixedClock
+
+    clock = FixedClock(100.0)
+    settings = small_settings(tmp_path, batching={"max_records": 1000, "max_wait_ms": 200},
+                              checkpoint={"directory": str(tmp_path / "c"), "interval_s": 5.0,
+                                          "interval_records": 10**6})
+    msgs = [orjson.dumps({"a": 1.0, "b": 2.0, "c": 3.0})] * 50
+    src = MemoryGroupSource({TP0: msgs}, max_per_poll=10)
+    sink = MemorySink()
+    r = Runner(settings, src, sink, CheckpointStore(tmp_path / "c"),
+               make_engine=lambda n: ThresholdEngine(n, 5.0),
+               restore_engine=ThresholdEngine.restore, clock=clock)
+    with capture_logs():
+        r._open()
+        r.cycle()  # first arrival: the 200 ms deadline starts now
+        assert (src.committed, r.positions()) == ({}, {TP0: 0})
+        clock.advance(0.1)
+        r.cycle()
+        assert sink.commits == 0
+        clock.advance(0.15)
+        r.cycle()
+    assert sink.offsets == {TP0: 31}  # 1 + 10 at the first arrival, then 10 per poll
+    assert sum(d.end - d.start for d in sink.decisions) == 31
+    store = CheckpointStore(tmp_path / "c")
+    assert store.load(*TP0).position == 0  # interval_s not reached yet
+    clock.advance(5.0)
+    with capture_logs():
+        r.cycle()  # polls a new partial batch; the time-based checkpoint covers what is done
+        checkpoint = store.load(*TP0)
+    assert checkpoint.position == 31 and sink.offsets == {TP0: 31}
