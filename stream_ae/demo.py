@@ -17,6 +17,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -342,6 +343,9 @@ def summarise(state: DemoState, sim: SimulationConfig) -> DemoSummary:
 def run_demo(opts: DemoOptions, on_started: Callable[[str], None] | None = None) -> DemoSummary:
     """Run the whole demo; returns its summary (also written to ``workdir/summary.json``)."""
     opts.workdir.mkdir(parents=True, exist_ok=True)
+    # the broker is new and empty each time: checkpoints of an earlier run would make the
+    # service seek past the new records
+    shutil.rmtree(opts.workdir / "checkpoints", ignore_errors=True)
     live = opts.live if opts.live is not None else sys.stdout.isatty()
     with EmbeddedBroker(log_path=opts.workdir / "broker.log") as broker:
         broker.create_topics({TOPICS["sensors"]: opts.partitions, TOPICS["alerts"]: 1,
