@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pathlib
@@ -9,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+from rich.console import Console
 
 from stream_ae.demo import (
     DemoOptions,
@@ -17,6 +19,7 @@ from stream_ae.demo import (
     render,
     simulation_config,
     summarise,
+    summary_table,
 )
 from stream_ae.errors import StreamAEError
 from stream_ae.schema import AlertMessage, EventMessage
@@ -79,7 +82,16 @@ def test_summary_counts_precision_recall_and_drift_delay() -> None:
     assert (s.precision, s.recall) == (2 / 3, 0.5)
     assert s.drift_injected_at == 1060.0  # at 60 % of the run
     assert (s.drift_detected_at, s.drift_delay_s, s.events_before_drift) == (1064.5, 4.5, 1)
-    assert render(state, 1070.0, sim) is not None
+    assert not s.drift_reached  # no simulator block was seen
+    assert "first drift event 4.5 s after" in _table_text(summary_table(s))
+    state.latest_event_time = 1061.0
+    assert summarise(state, sim).drift_reached    assert render(state, 1070.0, sim) is not None
+
+
+def _table_text(table: object) -> str:
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(table)
+    return console.export_text()
 
 
 def test_a_dead_service_stops_the_demo() -> None:
