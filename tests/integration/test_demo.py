@@ -85,7 +85,8 @@ def test_summary_counts_precision_recall_and_drift_delay() -> None:
     assert not s.drift_reached  # no simulator block was seen
     assert "first drift event 4.5 s after" in _table_text(summary_table(s))
     state.latest_event_time = 1061.0
-    assert summarise(state, sim).drift_reached    assert render(state, 1070.0, sim) is not None
+    assert summarise(state, sim).drift_reached
+    assert render(state, 1070.0, sim) is not None
 
 
 def _table_text(table: object) -> str:
