@@ -124,7 +124,8 @@ def _thin(frame: pd.DataFrame) -> pd.DataFrame:
 def _shade_labels(ax: Axes, data: ReportData, frame: pd.DataFrame) -> None:
     x = _x(data, frame)
     for start, stop in episodes(frame["label"].to_numpy()):
-        ax.axvspan(x[start], x[stop - 1], color="tab:orange", alpha=0.25, lw=0)
+        # up to the next reading, so that a one-record episode is visible too
+        ax.axvspan(x[start], x[min(stop, len(x) - 1)], color="tab:orange", alpha=0.3, lw=0)
 
 
 def plot_group(ax: Axes, data: ReportData, group: str) -> None:
@@ -238,10 +239,10 @@ def _png_bytes(fig: Figure) -> bytes:
 
 
 def _top_groups(data: ReportData) -> list[str]:
-    """Groups to draw: those with the most alerts first, at most ``MAX_GROUP_PLOTS``."""
+    """Groups to draw: all, by name, or those with the most alerts, at most ``MAX_GROUP_PLOTS``."""
     groups = data.groups()
     if len(groups) <= MAX_GROUP_PLOTS:
-        return groups
+        return sorted(groups)
     counts = data.frame.groupby("group", sort=False)["is_anomaly"].sum()
     return counts.sort_values(ascending=False, kind="stable").index[:MAX_GROUP_PLOTS].tolist()
 
