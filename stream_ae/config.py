@@ -38,7 +38,8 @@ class FeaturesConfig(_Frozen):
         "(JSON object keys in order, minus key/timestamp/label fields).",
     )
     lags: int = Field(default=0, ge=0, le=64, description="Previous readings of the same key "
-                      "concatenated to each record (shingle length minus one).")
+                      "concatenated to each record (shingle length minus one); set it from the "
+                      "sampling rate (e.g. 8 at 1 Hz for 9 s of context, see docs/quality.md).")
     diffs: bool = Field(default=False, description="Append first differences per key.")
     missing: Literal["reject", "ffill"] = Field(
         default="reject",
@@ -61,8 +62,10 @@ class FeaturesConfig(_Frozen):
 class ModelConfig(_Frozen):
     """The autoencoder: an MLP d -> hidden... -> bottleneck -> ...hidden -> d."""
 
-    hidden: tuple[int, ...] = (32, 16)
-    bottleneck: int = Field(default=4, ge=1)
+    hidden: tuple[int, ...] = Field(default=(), description="Encoder hidden widths (the decoder "
+                                    "mirrors them); empty: a linear autoencoder.")
+    bottleneck: int = Field(default=0, ge=0, description="Code width; 0: a quarter of the model "
+                            "inputs (at least 1).")
     activation: Literal["relu", "tanh", "gelu", "elu", "silu"] = "elu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
@@ -82,7 +85,7 @@ class TrainingConfig(_Frozen):
                             "from the window when smaller than it).")
     warmup: int = Field(default=1000, ge=0, description="Records at the start that are never "
                         "flagged; the scaler, model and threshold are fitted on them.")
-    warmup_epochs: int = Field(default=20, ge=0, description="Epochs over the warm-up records "
+    warmup_epochs: int = Field(default=200, ge=0, description="Epochs over the warm-up records "
                                "when warm-up ends.")
     warmup_batch_size: int = Field(default=64, ge=1, description="Rows per optimizer step in the "
                                    "warm-up epochs (small: many steps on few records).")
@@ -102,17 +105,18 @@ class ThresholdConfig(_Frozen):
     """Rolling threshold on the scores of recent non-warm-up records."""
 
     mode: Literal["quantile", "mean_std"] = "quantile"
-    q: float = Field(default=0.995, gt=0.0, lt=1.0)
+    q: float = Field(default=0.98, gt=0.0, lt=1.0)
     window: int = Field(default=10_000, ge=10)
     k: float = Field(default=3.0, gt=0.0, description="mean_std mode: mean + k * sd.")
     multiplier: float = Field(default=1.0, gt=0.0)
     floor: float = Field(default=0.0, ge=0.0)
     min_count: int = Field(default=100, ge=1, description="Scores needed (capped at `window`) "
                            "before the threshold flags anything, also after a re-warm.")
-    flagged: Literal["raw", "capped"] = Field(default="raw", description="How flagged scores "
-                                              "enter the window: as they are, or at the threshold "
-                                              "they exceeded ('capped' adapts only through "
-                                              "unflagged scores and can lock a too-low threshold).")
+    flagged: Literal["raw", "capped"] = Field(default="capped", description="How flagged "
+                                              "scores enter the window: at the statistic the "
+                                              "threshold was computed from ('capped': a long "
+                                              "anomaly cannot raise the threshold; a too-low one "
+                                              "is left to the regime policy), or as they are.")
 
 
 class DriftConfig(_Frozen):
@@ -120,9 +124,10 @@ class DriftConfig(_Frozen):
 
     detector: Literal["adwin", "page_hinkley", "kswin", "none"] = "adwin"
     delta: float = Field(default=0.002, gt=0.0, description="ADWIN delta / PH threshold scale.")
-    lr_boost: float = Field(default=5.0, ge=1.0, description="Learning-rate factor after drift.")
+    lr_boost: float = Field(default=1.0, ge=1.0, description="Learning-rate factor after drift "
+                            "(1 and no re-warm: the detector only reports drift events).")
     boost_steps: int = Field(default=20, ge=0, description="Learning steps the boost lasts.")
-    rewarm_threshold: bool = Field(default=True, description="Restart the threshold window "
+    rewarm_threshold: bool = Field(default=False, description="Restart the threshold window "
                                    "from the records after the drift.")
     history: int = Field(default=4096, ge=16, description="The detector sees the last "
                          "history..2*history scores (bounded, replayable state).")

@@ -208,7 +208,8 @@ class Engine:
         self._feat = FeatureStage(len(self.raw_feature_names), f.lags, f.diffs, f.missing,
                                   f.max_keys)
         n_in = self._feat.n_features
-        self._model = OnlineAutoencoder(n_in, m.hidden, m.bottleneck, m.activation, m.dropout,
+        code = m.bottleneck or max(1, n_in // 4)
+        self._model = OnlineAutoencoder(n_in, m.hidden, code, m.activation, m.dropout,
                                         m.weight_decay, m.lr, m.seed)
         self._scaler = RunningScaler(n_in, tr.scaler_memory)
         self._thr = RollingQuantileThreshold(t.q, t.window, t.multiplier, t.floor, t.mode, t.k,
@@ -291,8 +292,13 @@ class Engine:
 
     def _absorb(self, x: F32, s: F64, f: npt.NDArray[np.bool_]) -> None:
         """Threshold window, regime window, and (through the gate) scaler and replay buffer."""
-        capped = self.config.threshold.flagged == "capped"
-        self._thr.update(np.where(f, self._thr_value, s) if capped else s)
+        if self.config.threshold.flagged == "capped":
+            # at the statistic, not the threshold: a multiplier > 1 would otherwise ratchet
+            # the threshold up by that factor at every boundary of a long alarm run
+            s_in = np.where(f, self._thr.statistic, s) if f.any() else s
+        else:
+            s_in = s
+        self._thr.update(s_in)
         self._recent.push(x=x, s=s, f=f)
         keep = ~f if self.config.training.gate == "threshold" else np.ones_like(f)
         self._scaler.update(x[keep])
@@ -302,6 +308,8 @@ class Engine:
         if self._drift_at < 0:
             return
         d = self.config.drift
+        if d.lr_boost == 1.0 and not d.rewarm_threshold:
+            return  # report-only: the event is out, learning goes on as scheduled
         self._boost_left = d.boost_steps
         self._ramp_origin = self._n_scored
         if d.rewarm_threshold:

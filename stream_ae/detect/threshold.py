@@ -95,6 +95,20 @@ class RollingQuantileThreshold:
         """The current threshold; NaN while not warm."""
         return self._value if self.is_warm else math.nan
 
+    @property
+    def statistic(self) -> float:
+        """The quantile (or mean + k * sd) of the window, before multiplier and floor; NaN
+        when empty.
+
+        >>> t = RollingQuantileThreshold(q=0.5, window=4, multiplier=2.0, min_count=1)
+        >>> t.update(np.array([1.0, 3.0]))
+        >>> (t.statistic, t.value)
+        (2.0, 4.0)
+        """
+        if self._count == 0:
+            return math.nan
+        return self._stat(self._buf[: self._count])
+
     def tail(self) -> F64:
         """The scores in the window, oldest first (a copy)."""
         if self._count < self.window:
@@ -141,13 +155,13 @@ class RollingQuantileThreshold:
         self._count = 0
         self._value = math.nan
 
-    def _compute(self) -> float:
-        live = self._buf[: self._count]
+    def _stat(self, live: F64) -> float:
         if self.mode == "quantile":
-            stat = float(np.quantile(live, self.q))
-        else:
-            stat = float(live.mean() + self.k * live.std())
-        return max(self.floor, self.multiplier * stat)
+            return float(np.quantile(live, self.q))
+        return float(live.mean() + self.k * live.std())
+
+    def _compute(self) -> float:
+        return max(self.floor, self.multiplier * self._stat(self._buf[: self._count]))
 
     def get_state(self) -> dict[str, Any]:
         """Plain-data state: the ring buffer as stored (so sums keep their order)."""

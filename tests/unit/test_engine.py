@@ -34,7 +34,7 @@ def small_config(**features: object) -> EngineConfig:
         training=TrainingConfig(stride=64, window=256, batch_size=64, warmup=100,
                                 warmup_epochs=3),
         threshold=ThresholdConfig(q=0.95, window=300, min_count=20),
-        drift=DriftConfig(history=128, boost_steps=3),
+        drift=DriftConfig(history=128, boost_steps=3, lr_boost=5.0, rewarm_threshold=True),
         regime=RegimeConfig(run_length=150, max_alarm_fraction=0.5, relearn_steps=4),
     )
 
