@@ -9,6 +9,13 @@ from typing import Literal
 import structlog
 
 
+class _StderrLoggerFactory:
+    """Make a ``PrintLogger`` on whatever ``sys.stderr`` is at the time."""
+
+    def __call__(self, *args: object) -> structlog.PrintLogger:
+        return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging(
     fmt: Literal["auto", "json", "console"] = "auto", level: str = "info"
 ) -> None:
@@ -30,7 +37,9 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        # resolve sys.stderr when a logger is made, not at configure time: a replaced stream
+        # (pytest capture, typer's CliRunner) must not leave loggers bound to a closed file
+        logger_factory=_StderrLoggerFactory(),
+        cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=lvl, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
