@@ -139,7 +139,8 @@ class RegimeConfig(_Frozen):
     enabled: bool = True
     max_alarm_fraction: float = Field(default=0.6, gt=0.0, le=1.0, description="Fraction of "
                                       "flagged records in the last `run_length` that triggers it.")
-    run_length: int = Field(default=2000, ge=1, description="Records the fraction is taken over.")
+    run_length: int = Field(default=600, ge=1, description="Records the fraction is taken over "
+                            "(600: ten minutes at 1 Hz).")
     relearn_steps: int = Field(default=50, ge=0)
 
 

@@ -40,7 +40,7 @@ DATASET_OPTIONS: dict[str, dict[str, Any]] = {
 PREVIOUS_DEFAULTS: dict[str, Any] = {
     "model.hidden": [32, 16], "model.bottleneck": 4, "model.activation": "elu",
     "training.warmup_epochs": 20, "threshold.q": 0.995, "threshold.flagged": "raw",
-    "drift.lr_boost": 5.0, "drift.rewarm_threshold": True,
+    "drift.lr_boost": 5.0, "drift.rewarm_threshold": True, "regime.run_length": 2000,
 }
 
 ABLATIONS: list[tuple[str, dict[str, Any]]] = [
@@ -59,6 +59,8 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("drift: ADWIN boosts the learning rate x5 (no re-warm)", {"drift.lr_boost": 5.0}),
     ("drift monitor off", {"drift.detector": "none"}),
     ("regime policy off", {"regime.enabled": False}),
+    ("regime window 2000 records (previous default)", {"regime.run_length": 2000}),
+    ("regime window 300 records", {"regime.run_length": 300}),
     ("nonlinear AE (hidden 32,16 elu, bottleneck 4)", {"model.hidden": [32, 16],
                                                        "model.bottleneck": 4}),
     ("bottleneck 8 instead of auto (72 // 4 = 18)", {"model.bottleneck": 8}),
