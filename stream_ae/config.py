@@ -231,7 +231,8 @@ class Settings(BaseSettings):
     """The effective configuration: defaults < config file < environment."""
 
     model_config = SettingsConfigDict(
-        env_prefix="STREAM_AE_", env_nested_delimiter="__", frozen=True, extra="forbid"
+        env_prefix="STREAM_AE_", env_nested_delimiter="__", env_parse_none_str="null",
+        frozen=True, extra="forbid",
     )
 
     engine: EngineConfig = EngineConfig()
