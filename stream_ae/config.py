@@ -94,7 +94,7 @@ class TrainingConfig(_Frozen):
     clip_quantile: float = Field(default=0.9, gt=0.0, le=1.0, description="Records that pass "
                                  "the gate but score above this quantile of the threshold window "
                                  "are down-weighted to it (Huber-like cap on their influence).")
-    holdout: float = Field(default=0.25, ge=0.0, lt=1.0, description="Fraction of the warm-up "
+    holdout: float = Field(default=0.2, ge=0.0, lt=1.0, description="Fraction of the warm-up "
                            "(its most recent records) held out of the warm-up epochs; the initial "
                            "threshold comes from their out-of-sample scores (0: in-sample scores).")
     scaler_memory: int = Field(default=100_000, ge=1, description="Rows the running scaler "
