@@ -27,6 +27,7 @@ import structlog
 
 from stream_ae.checkpoint import Checkpoint, CheckpointStore
 from stream_ae.config import Settings
+from stream_ae.errors import FencedError, SinkError, SourceError
 from stream_ae.metrics import Health, ServiceMetrics
 from stream_ae.records import Alert, Batch, DeadLetter, DriftEvent, SourcePosition, StepResult
 from stream_ae.serde import Decision, Decoded, Decoder, RawBlock, dead_letter, infer_feature_names
@@ -100,6 +101,13 @@ def default_engine_factory(settings: Settings) -> tuple[Callable[[Sequence[str]]
         return eng  # type: ignore[return-value]
 
     return make, restore
+
+
+def prewarm_engine(settings: Settings) -> None:
+    """Pay the engine's one-time lazy imports (torch optimizer, river) now, before joining
+    the group, not inside the first batch. The throwaway engine is discarded."""
+    make, _ = default_engine_factory(settings)
+    make(("warm-up",)).step(Batch.from_arrays([[0.0]]))
 
 
 @dataclass
@@ -217,9 +225,7 @@ class Runner:
     def _open(self) -> None:
         if self.make_engine is None or self.restore_engine is None:
             self.make_engine, self.restore_engine = default_engine_factory(self.settings)
-            # pay the one-time lazy imports (torch optimizer, river) before joining the group,
-            # not inside the first batch; the throwaway engine is discarded
-            self.make_engine(("warm-up",)).step(Batch.from_arrays([[0.0]]))
+            prewarm_engine(self.settings)
         self.source.listener = self
         opener = getattr(self.sink, "open", None)
         if callable(opener):
@@ -579,12 +585,30 @@ def run_service(settings: Settings, decisions_topic: str | None = None,
     if settings.metrics.enabled:
         server = MetricsServer(registry, health, settings.metrics.host, settings.metrics.port)
         log.info("metrics_listening", host=settings.metrics.host, port=server.start())
-    runner = build_runner(settings, decisions_topic, ServiceMetrics(registry), health)
-    tune_gc()
+    metrics = ServiceMetrics(registry)
     log.info("service_starting", group_id=settings.kafka.group_id,
              topics=list(settings.kafka.input_topics), guarantee=settings.kafka.guarantee)
+    prewarm_engine(settings)
+    tune_gc()
     try:
-        runner.run(stop)
+        _run_restarting(settings, decisions_topic, metrics, health, stop)
     finally:
         if server is not None:
             server.stop()
+
+
+def _run_restarting(settings: Settings, decisions_topic: str | None, metrics: ServiceMetrics,
+                    health: Health, stop: threading.Event, backoff_s: float = 2.0) -> None:
+    """Run; after a Kafka failure (e.g. a transaction lost in a broker outage) start over
+    with fresh clients: engines are restored from their checkpoints and replay up to the
+    committed offsets, exactly as after a process restart. A fenced instance stops."""
+    while not stop.is_set():
+        runner = build_runner(settings, decisions_topic, metrics, health)
+        try:
+            runner.run(stop)
+            return
+        except FencedError:
+            raise
+        except (SinkError, SourceError) as exc:
+            log.error("service_restarting", error=str(exc), backoff_s=backoff_s)
+            stop.wait(backoff_s)

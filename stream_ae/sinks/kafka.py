@@ -160,7 +160,7 @@ class KafkaSink:
             self._produce(self.decisions_topic, serde.encode_decision(d), key, hdrs)
 
     def commit(self, offsets: Mapping[TP, int], source: OffsetCommitter,
-               timeout: float = 60.0) -> None:
+               timeout: float = 20.0) -> None:
         """Make the queued outputs durable together with the input ``offsets``."""
         if self.transactional:
             self._commit_transaction(offsets, source, timeout)

@@ -73,15 +73,20 @@ def s3_broker(tmp_path: pathlib.Path) -> Iterator[EmbeddedBroker]:
         moto.wait(10)
 
 
+# exactly-once is not exercised here: when the test broker is killed with a transaction
+# open, it forgets the transaction and librdkafka's send_offsets_to_transaction blocks past
+# its timeout (Apache Kafka keeps coordinator state in __transaction_state)
+@pytest.mark.parametrize("guarantee", ["at_least_once"])
 def test_broker_restart_mid_stream_loses_nothing(
-        s3_broker: EmbeddedBroker, tmp_path: pathlib.Path) -> None:
+        s3_broker: EmbeddedBroker, tmp_path: pathlib.Path, guarantee: str) -> None:
     bootstrap, tag = s3_broker.bootstrap, unique_name("o")
     topic, alerts, decisions = f"in-{tag}", f"alerts-{tag}", f"decisions-{tag}"
     create_topics(bootstrap, {topic: 1, alerts: 1, f"dlq-{tag}": 1, f"events-{tag}": 1,
                               decisions: 1})
-    extra = {"heartbeat.interval.ms": "500", "partition.assignment.strategy": "range",
-             "enable.idempotence": "false"}  # the S3 engine can lose idempotent writes on kill
-    cfg = service_config(bootstrap, tag, tmp_path, kafka={"guarantee": "at_least_once",
+    extra = {"heartbeat.interval.ms": "500", "partition.assignment.strategy": "range"}
+    if guarantee == "at_least_once":  # the S3 engine can lose idempotent writes on a kill
+        extra["enable.idempotence"] = "false"
+    cfg = service_config(bootstrap, tag, tmp_path, kafka={"guarantee": guarantee,
                                                           "extra": extra},
                          batching={"max_records": 128, "max_wait_ms": 50})
     settings = Settings.load(None, **cfg)

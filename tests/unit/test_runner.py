@@ -194,3 +194,47 @@ def test_partial_batch_waits_for_max_wait_then_is_processed(tmp_path: pathlib.Pa
         r.cycle()  # polls a new partial batch; the time-based checkpoint covers what is done
         checkpoint = store.load(*TP0)
     assert checkpoint.position == 31 and sink.offsets == {TP0: 31}
+
+
+def test_service_starts_over_after_a_kafka_failure(tmp_path: pathlib.Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lost transaction (SinkError) restarts the runner in-process: checkpoint + catch-up,
+    no alert lost, nothing published twice."""
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from stream_ae import runner as runner_mod
+    from stream_ae.errors import SinkError
+    from stream_ae.metrics import Health, ServiceMetrics
+
+    settings = small_settings(tmp_path)
+    msgs, x = stream(400, seed=3)
+    stop, committed, sinks = threading.Event(), {}, []
+
+    class SharedSource(MemoryGroupSource):
+        def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+            super().commit(offsets)
+            committed.update(offsets)
+
+    class FlakySink(MemorySink):
+        def commit(self, offsets: object, source: object, timeout: float = 60.0) -> None:
+            if len(sinks) == 1 and self.commits == 3:
+                raise SinkError("transaction lost in a broker outage")
+            super().commit(offsets, source, timeout)  # type: ignore[arg-type]
+            if committed.get(TP0) == len(msgs):
+                stop.set()
+
+    def build(settings: Settings, decisions: object = None, metrics: object = None,
+              health: object = None) -> Runner:
+        sinks.append(FlakySink())
+        return Runner(settings, SharedSource({TP0: msgs}, committed=dict(committed)), sinks[-1],
+                      CheckpointStore(settings.checkpoint.directory))
+
+    monkeypatch.setattr(runner_mod, "build_runner", build)
+    with capture_logs() as logs:
+        runner_mod._run_restarting(settings, None, ServiceMetrics(CollectorRegistry()),
+                                   Health(), stop, backoff_s=0.0)
+    assert len(sinks) == 2 and "service_restarting" in [e["event"] for e in logs]
+    ids = [a.alert_id for s in sinks for a in s.alerts]
+    assert ids == [f"s/0/{o}" for o in offline_flags(settings, x)]
