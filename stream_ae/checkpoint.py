@@ -21,7 +21,7 @@ import pathlib
 import re
 import struct
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +196,10 @@ class CheckpointStore:
 
     def load(self, topic: str, partition: int) -> Checkpoint | None:
         """The newest valid checkpoint of a partition (older ones if newer are corrupt), or None."""
+        return next(self.valid(topic, partition), None)
+
+    def valid(self, topic: str, partition: int) -> Iterator[Checkpoint]:
+        """Every checkpoint of a partition whose checksum verifies, newest first."""
         for path in reversed(self.paths(topic, partition)):
             try:
                 ckpt = read_checkpoint(path)
@@ -208,8 +212,7 @@ class CheckpointStore:
                 continue
             log.info("checkpoint_restored", topic=topic, partition=partition,
                      position=ckpt.position, path=str(path))
-            return ckpt
-        return None
+            yield ckpt
 
 
 def summarise(path: str | pathlib.Path) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ import structlog
 
 from stream_ae.checkpoint import Checkpoint, CheckpointStore
 from stream_ae.config import Settings
-from stream_ae.errors import FencedError, SinkError, SourceError
+from stream_ae.errors import FencedError, SinkError, SnapshotError, SourceError
 from stream_ae.metrics import Health, ServiceMetrics
 from stream_ae.records import Alert, Batch, DeadLetter, DriftEvent, SourcePosition, StepResult
 from stream_ae.serde import Decision, Decoded, Decoder, RawBlock, dead_letter, infer_feature_names
@@ -418,8 +418,21 @@ class Runner:
             self.health.ready = True
         return starts
 
+    def _load(self, a: Assignment) -> tuple[Checkpoint | None, EngineLike | None]:
+        """The newest checkpoint whose engine restores (older ones when it does not)."""
+        for ckpt in self.store.valid(a.topic, a.partition):
+            if ckpt.engine is None:
+                return ckpt, None
+            assert self.restore_engine is not None
+            try:
+                return ckpt, self.restore_engine(ckpt.engine)
+            except SnapshotError as exc:
+                log.warning("checkpoint_unusable", topic=a.topic, partition=a.partition,
+                            position=ckpt.position, error=str(exc))
+        return None, None
+
     def _restore(self, a: Assignment) -> _Partition:
-        ckpt = self.store.load(a.topic, a.partition)
+        ckpt, engine = self._load(a)
         if ckpt is None:
             start = a.committed if a.committed is not None else a.low
             if a.committed is not None:
@@ -429,10 +442,6 @@ class Runner:
             self._checkpoint(part)  # the origin: a restart replays from here
             return part
         self._adopt_names(ckpt)
-        engine = None
-        if ckpt.engine is not None:
-            assert self.restore_engine is not None
-            engine = self.restore_engine(ckpt.engine)
         committed = a.committed if a.committed is not None else ckpt.position
         if committed < ckpt.position:
             log.warning("checkpoint_ahead_of_commit", topic=a.topic, partition=a.partition,

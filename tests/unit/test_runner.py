@@ -238,3 +238,31 @@ def test_service_starts_over_after_a_kafka_failure(tmp_path: pathlib.Path,
     assert len(sinks) == 2 and "service_restarting" in [e["event"] for e in logs]
     ids = [a.alert_id for s in sinks for a in s.alerts]
     assert ids == [f"s/0/{o}" for o in offline_flags(settings, x)]
+
+
+def test_unrestorable_engine_falls_back_to_an_older_checkpoint(tmp_path: pathlib.Path) -> None:
+    from stream_ae.checkpoint import Checkpoint
+    from stream_ae.errors import SnapshotError
+
+    store = CheckpointStore(tmp_path / "c")
+    good = ThresholdEngine(("a", "b", "c"), 5.0)
+    with capture_logs():
+        store.save(Checkpoint("s", 0, 2, good.snapshot(), ("a", "b", "c")))
+        store.save(Checkpoint("s", 0, 4, b"valid checksum, foreign engine", ("a", "b", "c")))
+
+    def restore(blob: bytes) -> ThresholdEngine:
+        if not blob.startswith(b"{"):
+            raise SnapshotError("not an engine snapshot")
+        return ThresholdEngine.restore(blob)
+
+    msgs = [b'{"a": 1, "b": 1, "c": 1}'] * 4 + [b'{"a": 9, "b": 1, "c": 1}']
+    sink = MemorySink()
+    r = Runner(small_settings(tmp_path), MemoryGroupSource({TP0: msgs}, committed={TP0: 4}),
+               sink, store, make_engine=lambda n: ThresholdEngine(n, 5.0),
+               restore_engine=restore)
+    with capture_logs() as logs:
+        r.run_until_idle()
+    ready = next(e for e in logs if e["event"] == "partition_ready")
+    assert "checkpoint_unusable" in [e["event"] for e in logs]
+    assert (ready["start"], ready["publish_from"]) == (2, 4)
+    assert [a.alert_id for a in sink.alerts] == ["s/0/4"]
