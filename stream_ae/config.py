@@ -105,7 +105,7 @@ class ThresholdConfig(_Frozen):
     """Rolling threshold on the scores of recent non-warm-up records."""
 
     mode: Literal["quantile", "mean_std"] = "quantile"
-    q: float = Field(default=0.98, gt=0.0, lt=1.0)
+    q: float = Field(default=0.99, gt=0.0, lt=1.0)
     window: int = Field(default=10_000, ge=10)
     k: float = Field(default=3.0, gt=0.0, description="mean_std mode: mean + k * sd.")
     multiplier: float = Field(default=1.0, gt=0.0)

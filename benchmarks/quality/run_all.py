@@ -41,6 +41,7 @@ PREVIOUS_DEFAULTS: dict[str, Any] = {
     "model.hidden": [32, 16], "model.bottleneck": 4, "model.activation": "elu",
     "training.warmup_epochs": 20, "threshold.q": 0.995, "threshold.flagged": "raw",
     "drift.lr_boost": 5.0, "drift.rewarm_threshold": True, "regime.run_length": 2000,
+    "training.holdout": 0.25,
 }
 
 ABLATIONS: list[tuple[str, dict[str, Any]]] = [
@@ -54,6 +55,7 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("threshold: q = 0.995 (previous default)", {"threshold.q": 0.995}),
     ("threshold: multiplier 1.2", {"threshold.multiplier": 1.2}),
     ("threshold: in-sample warm-up scores (holdout 0)", {"training.holdout": 0.0}),
+    ("threshold: holdout 0.25 of the warm-up (previous default)", {"training.holdout": 0.25}),
     ("drift: ADWIN re-warms the threshold", {"drift.detector": "adwin",
                                              "drift.rewarm_threshold": True}),
     ("drift: ADWIN boosts the learning rate x5 (no re-warm)", {"drift.lr_boost": 5.0}),

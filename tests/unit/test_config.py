@@ -61,7 +61,7 @@ def _write(tmp_path: pathlib.Path, name: str, text: str) -> pathlib.Path:
 
 def test_defaults() -> None:
     s = Settings.load()
-    assert s.engine.threshold.q == 0.98
+    assert s.engine.threshold.q == 0.99
     assert s.kafka.input_topics == ("sensors",)
     assert s.metrics.port == 9108
     assert s.checkpoint.directory == pathlib.Path("checkpoints")

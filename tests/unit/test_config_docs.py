@@ -60,7 +60,7 @@ def test_row_shows_type_constraints_and_default(gen: types.ModuleType) -> None:
     q_row = gen.field_row(("engine", "threshold", "q"), ThresholdConfig.model_fields["q"])
     assert q_row == (
         "| `engine.threshold.q` | `STREAM_AE_ENGINE__THRESHOLD__Q` | `float` "
-        "| > 0.0, < 1.0 | `0.98` |  |"
+        "| > 0.0, < 1.0 | `0.99` |  |"
     )
     topics = gen.field_row(("kafka", "input_topics"), KafkaConfig.model_fields["input_topics"])
     assert "`list[str]`" in topics and '`["sensors"]`' in topics

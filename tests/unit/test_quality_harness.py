@@ -132,4 +132,5 @@ def test_capped_threshold_does_not_ratchet_with_a_multiplier() -> None:
     res = Engine(cfg, ("a", "b", "c")).step(Batch.from_arrays(x))
     assert res.is_anomaly[300:].all()
     run = res.thresholds[300:]
-    assert run.max() == run.min()
+    # it may move within the primed scores' range, never by the multiplier per boundary
+    assert run.max() / run.min() < 1.05
