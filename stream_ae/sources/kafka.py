@@ -39,8 +39,15 @@ TP = tuple[str, int]
 def client_config(kafka: KafkaConfig) -> dict[str, Any]:
     """librdkafka settings shared by consumers and producers: bootstrap, security, ``extra``.
 
-    >>> client_config(KafkaConfig(bootstrap_servers="b:9092"))["bootstrap.servers"]
-    'b:9092'
+    >>> from pydantic import SecretStr
+    >>> kafka = KafkaConfig(bootstrap_servers="b:9092", security_protocol="SASL_SSL",
+    ...                     sasl_mechanism="PLAIN", sasl_username="svc",
+    ...                     sasl_password=SecretStr("s3cret"), extra={"client.id": "ae"})
+    >>> c = client_config(kafka)
+    >>> (c["bootstrap.servers"], c["security.protocol"], c["sasl.password"], c["client.id"])
+    ('b:9092', 'SASL_SSL', 's3cret', 'ae')
+    >>> "s3cret" in repr(kafka) or "s3cret" in kafka.model_dump_json()
+    False
     """
     conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers}
     optional = {
