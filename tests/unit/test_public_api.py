@@ -25,7 +25,13 @@ def _exported_names(module: types.ModuleType) -> set[str]:
 
 def test_all_matches_what_the_package_exports() -> None:
     listed = set(stream_ae.__all__) - {"__version__"}
-    assert listed == _exported_names(stream_ae)
+    lazy = set(stream_ae._LAZY)
+    assert listed == _exported_names(stream_ae) | lazy
+
+
+def test_lazy_names_resolve_to_their_modules() -> None:
+    for name, module in stream_ae._LAZY.items():
+        assert getattr(stream_ae, name) is getattr(importlib.import_module(module), name)
 
 
 def test_all_has_no_duplicates() -> None:
