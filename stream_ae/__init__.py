@@ -9,7 +9,15 @@ from stream_ae.errors import (
     SourceError,
     StreamAEError,
 )
-from stream_ae.records import Alert, Batch, DeadLetter, DriftEvent, RawMessage, SensorRecord, StepResult
+from stream_ae.records import (
+    Alert,
+    Batch,
+    DeadLetter,
+    DriftEvent,
+    RawMessage,
+    SensorRecord,
+    StepResult,
+)
 
 __version__ = "0.1.0"
 
