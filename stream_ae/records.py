@@ -121,7 +121,8 @@ class Batch:
             else np.asarray(timestamps, dtype=np.float64)
         )
         lab = None if labels is None else np.asarray(labels, dtype=np.int64)
-        return cls(keys=tuple(keys) if keys is not None else ("",) * n, timestamps=ts, values=v, labels=lab)
+        keys_t = tuple(keys) if keys is not None else ("",) * n
+        return cls(keys=keys_t, timestamps=ts, values=v, labels=lab)
 
     def slice(self, start: int, stop: int) -> Batch:
         """Rows ``start:stop`` as a new batch (views, no copy)."""
