@@ -1,10 +1,24 @@
 """OnlineAutoencoder (score without side effects, learn one step) and the input scaler.
 
-The only module besides ``network`` that imports torch. Scoring runs in fixed
-blocks of ``SCORE_BLOCK`` rows (the last block zero-padded): CPU matrix kernels
-pick different code paths for different row counts (1-4 rows differ from larger
-blocks in the last bit), and a record's score must not depend on how many
-records were scored beside it.
+The only module besides ``network`` that imports torch.
+
+A record's score must not depend on how many records are scored beside it, nor
+on where it sits among them (the live service batches by arrival time, a
+backtest does not, and their alerts must be equal bit for bit). CPU matrix
+kernels do not give that: MKL's float32 GEMM sums some rows in another order
+than others, depending on the row's offset in the block and on the input width
+(27 or 38 inputs, for example), so a score could change in its last bits with
+the batch split. Scoring therefore uses no matrix kernel. It works on the
+transposed block (one array row per input column) and :func:`exact_linear`
+computes each output as ``((b + w_0 x_0) + w_1 x_1) + ...`` with numpy's
+element-wise multiply and add, one input column at a time, so every record goes
+through the same IEEE operations in the same order whatever its position; the
+per-record means are column-by-column sums the same way. Hidden activations
+run in torch on flat pieces whose lengths are multiples of ``_ACT_ALIGN``
+elements (zero-padded), so every element takes the same SIMD path (a scalar
+tail would compute ``exp``/``tanh`` differently). Learning (``learn_many``)
+keeps torch's kernels: it runs at deterministic boundaries on deterministic
+batches, which is all split independence needs there.
 """
 
 from __future__ import annotations
@@ -16,13 +30,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch import nn
 
-from stream_ae.model.network import Autoencoder
+from stream_ae.model.network import Autoencoder, SeededDropout
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
-SCORE_BLOCK = 256
+SCORE_BLOCK = 4096  # records per scoring block (bounds the temporary arrays)
+_ACT_ALIGN = 256  # a multiple of every SIMD loop step (torch: 2 vectors, at most 2 x 64 floats)
+_ACT_PIECE = 16_384  # a multiple of _ACT_ALIGN below torch's parallel grain (32,768)
+
+_Layer = tuple[F32, F32] | nn.Module  # (weights, bias) for exact_linear, or an activation
 
 
 class OnlineAutoencoder:
@@ -92,6 +111,7 @@ class OnlineAutoencoder:
             self._net.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True
         )
         self._n_steps = 0
+        self._plan: list[_Layer] | None = None
         self._built = True
 
     @property
@@ -104,15 +124,30 @@ class OnlineAutoencoder:
         if not self._built:
             self._build()
         n = x.shape[0]
+        mse = np.empty(n, dtype=np.float64)
         cols = np.empty((n, self.n_inputs), dtype=np.float32)
-        self._set_training(False)
+        plan = self._score_plan()
         with torch.inference_mode():
             for start in range(0, n, SCORE_BLOCK):
-                block = _padded(x[start : start + SCORE_BLOCK])
-                rec = self._net(torch.from_numpy(block)).numpy()
-                stop = min(n, start + SCORE_BLOCK)
-                cols[start:stop] = np.square(rec[: stop - start] - block[: stop - start])
-        return cols.mean(axis=1, dtype=np.float64), cols
+                xt = np.ascontiguousarray(x[start : start + SCORE_BLOCK].T)
+                sq = np.square(_forward(plan, xt) - xt)
+                mse[start : start + xt.shape[1]] = _column_means(sq)
+                cols[start : start + xt.shape[1]] = sq.T
+        return mse, cols
+
+    def _score_plan(self) -> list[_Layer]:
+        """The eval-mode network as numpy weights (``exact_linear``) and torch activations;
+        cached until the weights change."""
+        if self._plan is None:
+            plan: list[_Layer] = []
+            for m in self._net.layers:
+                if isinstance(m, nn.Linear):
+                    w = m.weight.detach().numpy().T[:, :, None].astype(np.float32, order="C")
+                    plan.append((w, m.bias.detach().numpy()[:, None].astype(np.float32)))
+                elif not isinstance(m, SeededDropout):  # dropout is the identity when scoring
+                    plan.append(m)  # activations behave alike in train and eval mode
+            self._plan = plan
+        return self._plan
 
     def learn_many(self, x: F32, weights: F64 | None = None, lr_scale: float = 1.0) -> float:
         """One optimiser step on the (weighted) mean squared error of ``x``; returns the loss."""
@@ -129,6 +164,7 @@ class OnlineAutoencoder:
         self._opt.zero_grad(set_to_none=True)
         loss.backward()
         self._opt.step()
+        self._plan = None
         self._n_steps += 1
         return float(loss.detach())
 
@@ -158,14 +194,61 @@ class OnlineAutoencoder:
         self._opt.load_state_dict(state["opt"])
         self._gen.set_state(state["gen"])
         self._n_steps = int(state["n_steps"])
+        self._plan = None
 
 
-def _padded(block: F32) -> F32:
-    if block.shape[0] == SCORE_BLOCK:
-        return np.ascontiguousarray(block)
-    out = np.zeros((SCORE_BLOCK, block.shape[1]), dtype=np.float32)
-    out[: block.shape[0]] = block
+def exact_linear(xt: F32, w: F32, b: F32) -> F32:
+    """A linear layer on transposed data, in a fixed order of IEEE operations per record.
+
+    ``xt`` is ``(inputs, records)``, ``w`` is ``(inputs, outputs, 1)`` (the weight matrix
+    transposed), ``b`` is ``(outputs, 1)``; the result is ``(outputs, records)``. Each
+    output is ``((b + w_0 x_0) + w_1 x_1) + ...``: element-wise products and sums, never
+    fused, so a record's result does not depend on the other records.
+
+    >>> xt = np.array([[1.0, 3.0], [2.0, 4.0]], np.float32)  # records (1, 2) and (3, 4)
+    >>> exact_linear(xt, np.array([[[1.0]], [[10.0]]], np.float32), np.array([[0.5]], np.float32))
+    array([[21.5, 43.5]], dtype=float32)
+    """
+    out = np.empty((w.shape[1], xt.shape[1]), dtype=np.float32)
+    out[:] = b
+    term = np.empty_like(out)
+    for k in range(w.shape[0]):
+        np.multiply(w[k], xt[k], out=term)
+        out += term
     return out
+
+
+def _column_means(sq: F32) -> F64:
+    """Per-record (column) means of ``(inputs, records)`` in float64, summed input by
+    input for every record alike (``ndarray.mean`` may sum pairwise or sequentially
+    depending on the array's shape, e.g. for a single record)."""
+    acc: F64 = sq[0].astype(np.float64)
+    for k in range(1, sq.shape[0]):
+        acc += sq[k]
+    acc /= sq.shape[0]
+    return acc
+
+
+def _forward(plan: list[_Layer], xt: F32) -> F32:
+    h = xt
+    for layer in plan:
+        h = exact_linear(h, *layer) if isinstance(layer, tuple) else _activate(layer, h)
+    return h
+
+
+def _activate(act: nn.Module, h: F32) -> F32:
+    """An element-wise torch activation on pieces of ``_ACT_PIECE`` elements, the last one
+    zero-padded to a multiple of ``_ACT_ALIGN``: no element falls in a kernel's scalar tail,
+    and no piece is large enough to be split across threads."""
+    flat = h.reshape(-1)
+    size = -(-flat.size // _ACT_ALIGN) * _ACT_ALIGN
+    buf = np.zeros(size, dtype=np.float32)
+    buf[: flat.size] = flat
+    src = torch.from_numpy(buf)
+    out = torch.empty_like(src)
+    for start in range(0, size, _ACT_PIECE):
+        out[start : start + _ACT_PIECE] = act(src[start : start + _ACT_PIECE])
+    return out.numpy()[: flat.size].reshape(h.shape)
 
 
 class RunningScaler:
