@@ -263,7 +263,10 @@ class Engine:
         self._next_boundary = self._n_scored + used
         self._drift_at = len(self._pend) + hit.index
         levels = (math.exp(hit.level_before), math.exp(hit.level_after))
-        action = "lr_boost" + ("+rewarm_threshold" if d.rewarm_threshold else "")
+        if d.lr_boost == 1.0 and not d.rewarm_threshold:
+            action = "report"  # the defaults: learning goes on as scheduled
+        else:
+            action = "lr_boost" + ("+rewarm_threshold" if d.rewarm_threshold else "")
         ev = out.event("drift", d.detector, int(rows[hit.index]), levels, action)
         log.info("drift_detected", record_index=ev.record_index,
                  level_before=ev.level_before, level_after=ev.level_after)

@@ -279,3 +279,13 @@ def test_drift_and_regime_events_are_logged(data: Batch) -> None:
         ev.record_index for ev in res.drift_events if ev.kind == "drift"
     ]
     assert all(e["log_level"] == "info" for e in drift_logs)
+
+
+def test_default_drift_monitor_only_reports(data: Batch) -> None:
+    # the defaults (lr_boost 1, no re-warm) adapt nothing: the events say so
+    cfg = small_config().model_copy(update={"drift": DriftConfig(history=128)})
+    res = Engine(cfg, NAMES).step(data)
+    drift = [e for e in res.drift_events if e.kind == "drift"]
+    assert drift and {e.action for e in drift} == {"report"}
+    got = run_split(Engine(cfg, NAMES), data, [5, 999, 1000, 1001])
+    assert_same(concat([res]), concat(got))
