@@ -33,8 +33,9 @@ from stream_ae.config import EngineConfig, TrainingConfig
 from stream_ae.engine import Engine
 from stream_ae.records import Batch
 
-VARIANTS: list[tuple[str, dict[str, int]]] = [
+VARIANTS: list[tuple[str, dict[str, int | str]]] = [
     ("default (1024/4096/2048)", {}),
+    ("default + warmup_fit pca", {"warmup_fit": "pca"}),
     ("stride 512, window 2048, bs 1024", {"stride": 512, "window": 2048, "batch_size": 1024}),
     ("stride 256", {"stride": 256}),
     ("batch 4096 (whole window)", {"batch_size": 4096}),
@@ -47,7 +48,7 @@ def correlated(n: int, d: int, seed: int = 0) -> np.ndarray:
     return (rng.normal(size=(n, d)) @ mix).astype(np.float32)
 
 
-def time_engine(x: np.ndarray, training: dict[str, int], batch: int) -> tuple[float, float]:
+def time_engine(x: np.ndarray, training: dict[str, int | str], batch: int) -> tuple[float, float]:
     cfg = EngineConfig(training=TrainingConfig(**training))
     eng = Engine(cfg, [f"f{i}" for i in range(x.shape[1])])
     eng.step(Batch.from_arrays(x[:1]))  # builds the model outside the clock

@@ -85,8 +85,13 @@ class TrainingConfig(_Frozen):
                             "from the window when smaller than it).")
     warmup: int = Field(default=1000, ge=0, description="Records at the start that are never "
                         "flagged; the scaler, model and threshold are fitted on them.")
-    warmup_epochs: int = Field(default=200, ge=0, description="Epochs over the warm-up records "
+    warmup_epochs: int = Field(default=100, ge=0, description="Epochs over the warm-up records "
                                "when warm-up ends.")
+    warmup_fit: Literal["pca", "epochs"] = Field(default="epochs", description="How a linear "
+                                                 "autoencoder is fitted on the warm-up records: "
+                                                 "'pca', its exact least-squares optimum in one "
+                                                 "SVD, or 'epochs' of optimiser steps (always used "
+                                                 "for a model with hidden layers).")
     warmup_batch_size: int = Field(default=64, ge=1, description="Rows per optimizer step in the "
                                    "warm-up epochs (small: many steps on few records).")
     gate: Literal["threshold", "none"] = Field(default="threshold", description="'threshold': "

@@ -346,15 +346,21 @@ class Engine:
         n = x.shape[0]
         hold = int(n * tr.holdout) if n >= 10 else 0
         xs = self._scaler.transform(x)
-        self._epochs(xs[: n - hold], tr.warmup_epochs)
+        self._fit_warmup(xs[: n - hold], tr.warmup_epochs)
         init, _ = self._model.score_many(xs[n - hold :] if hold else xs)
         if hold:
-            self._epochs(xs, max(1, round(tr.warmup_epochs * tr.holdout)))
+            self._fit_warmup(xs, max(1, round(tr.warmup_epochs * tr.holdout)))
         self._thr.prime(init)
         self._replay.push(x=x, s=self._model.score_many(xs)[0])
         self._warm = RecordWindow(1)
 
     # ------------------------------------------------------------------ learning
+    def _fit_warmup(self, xs: F32, epochs: int) -> None:
+        if self.config.training.warmup_fit == "pca" and self._model.is_linear and len(xs) > 1:
+            self._model.fit_pca(xs)
+        else:
+            self._epochs(xs, epochs)
+
     def _epochs(self, xs: F32, epochs: int) -> None:
         bs = self.config.training.warmup_batch_size
         for _ in range(epochs):

@@ -168,6 +168,45 @@ class OnlineAutoencoder:
         self._n_steps += 1
         return float(loss.detach())
 
+    @property
+    def is_linear(self) -> bool:
+        """True for a linear autoencoder (no hidden layers): :meth:`fit_pca` applies."""
+        return not self.hidden
+
+    def fit_pca(self, x: F32) -> None:
+        """Set a linear autoencoder to its least-squares optimum on ``x``: the projection on
+        the top ``bottleneck`` principal directions (Eckart-Young), in one SVD instead of
+        many optimiser steps. The optimiser state starts afresh.
+
+        >>> rng = np.random.default_rng(0)
+        >>> z = rng.normal(size=(500, 2)).astype(np.float32)
+        >>> x = np.hstack([z, z @ np.ones((2, 3), np.float32)])   # rank 2 in 5-D
+        >>> ae = OnlineAutoencoder(5, hidden=(), bottleneck=2)
+        >>> ae.fit_pca(x)
+        >>> bool(ae.score_many(x)[0].max() < 1e-8)
+        True
+        """
+        if not self.is_linear:
+            raise ValueError("fit_pca needs a linear autoencoder (hidden=())")
+        if not self._built:
+            self._build()
+        x64 = np.asarray(x, dtype=np.float64)
+        mu = x64.mean(axis=0)
+        _, _, vt = np.linalg.svd(x64 - mu, full_matrices=False)
+        v = np.zeros((self.bottleneck, self.n_inputs))
+        k = min(self.bottleneck, vt.shape[0])
+        v[:k] = vt[:k]
+        enc, dec = (m for m in self._net.layers if isinstance(m, nn.Linear))
+        with torch.no_grad():
+            enc.weight.copy_(torch.from_numpy(v))
+            enc.bias.copy_(torch.from_numpy(-(v @ mu)))
+            dec.weight.copy_(torch.from_numpy(v.T))
+            dec.bias.copy_(torch.from_numpy(mu))
+        self._opt = torch.optim.AdamW(
+            self._net.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True
+        )
+        self._plan = None
+
     def _set_training(self, mode: bool) -> None:
         if self._net.training != mode:  # Module.train() walks every submodule: skip no-ops
             self._net.train(mode)

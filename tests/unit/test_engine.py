@@ -289,3 +289,36 @@ def test_default_drift_monitor_only_reports(data: Batch) -> None:
     assert drift and {e.action for e in drift} == {"report"}
     got = run_split(Engine(cfg, NAMES), data, [5, 999, 1000, 1001])
     assert_same(concat([res]), concat(got))
+
+
+def pca_config() -> EngineConfig:
+    base = small_config(lags=1)
+    return base.model_copy(update={
+        "model": ModelConfig(hidden=(), bottleneck=2, seed=3),
+        "training": base.training.model_copy(update={"warmup_fit": "pca"}),
+    })
+
+
+def test_pca_warmup_fit_is_split_independent_and_restores_exactly(data: Batch) -> None:
+    whole = concat([Engine(pca_config(), NAMES).step(data)])
+    split = concat(run_split(Engine(pca_config(), NAMES), data, [37, 99, 100, 101, 640]))
+    assert_same(whole, split)
+    eng = Engine(pca_config(), NAMES)
+    first = eng.step(data.slice(0, 130))  # past the warm-up (100 records)
+    rest = Engine.restore(eng.snapshot()).step(data.slice(130, len(data)))
+    assert_same(whole, concat([first, rest]))
+
+
+def test_pca_warmup_fit_replaces_the_epochs_and_fits_the_subspace(data: Batch) -> None:
+    eng = Engine(pca_config(), NAMES)
+    res = eng.step(data.slice(0, 100))
+    assert eng.model_version < 100  # the ramped learning steps only, no warm-up epochs
+    epochs = small_config(lags=1).model_copy(update={
+        "model": ModelConfig(hidden=(), bottleneck=2, seed=3)})
+    eng_e = Engine(epochs, NAMES)
+    eng_e.step(data.slice(0, 100))
+    assert eng_e.model_version > eng.model_version
+    # right after warm-up, the exact least-squares fit reconstructs the normal rows better
+    nxt = data.slice(100, 400)
+    assert np.nanmedian(eng.step(nxt).scores) < np.nanmedian(eng_e.step(nxt).scores)
+    assert res.warmup.all()
