@@ -66,7 +66,10 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("nonlinear AE (hidden 32,16 elu, bottleneck 4)", {"model.hidden": [32, 16],
                                                        "model.bottleneck": 4}),
     ("bottleneck 8 instead of auto (72 // 4 = 18)", {"model.bottleneck": 8}),
-    ("warm-up epochs 20 instead of 200", {"training.warmup_epochs": 20}),
+    ("warm-up epochs 20 instead of 100", {"training.warmup_epochs": 20}),
+    ("warm-up epochs 200 (the tuned value before the throughput target)",
+     {"training.warmup_epochs": 200}),
+    ("warm-up fit: PCA (one SVD) instead of epochs", {"training.warmup_fit": "pca"}),
     ("previous engine defaults (all of the above at once)", PREVIOUS_DEFAULTS),
 ]
 
