@@ -46,16 +46,16 @@ from stream_ae.evaluation import (
     evaluable,
 )
 from stream_ae.readers import ALL_COLUMNS, BadRow, Chunk, Columns, Format, TableReader
-from stream_ae.records import F64, I64, Alert, Batch, Bool, SourcePosition, StepResult
+from stream_ae.records import F64, I64, Alert, Batch, Bool, StepResult
 from stream_ae.report import DriftMark, ReportData, TopAlert, write_reports
 from stream_ae.serde import (
     Decoded,
     Decoder,
     RawBlock,
+    build_alerts,
     dead_letter,
     encode_alert,
     infer_feature_names,
-    message_id,
 )
 from stream_ae.sinks.kafka import KafkaSink
 from stream_ae.sources.replay import ReplayStart, TopicReplaySource
@@ -467,25 +467,6 @@ class AlertTopic:
         if self.count:
             self.sink.flush(30.0)
             self.sink.close()
-
-
-def build_alerts(decoded: Decoded, res: StepResult, topic: str, partition: int,
-                 now: float) -> list[Alert]:
-    """Alerts for the flagged rows of one partition's step (as the service builds them)."""
-    first_drift = min((e.batch_index for e in res.drift_events), default=len(res))
-    out = []
-    for r in map(int, np.flatnonzero(res.is_anomaly)):
-        pos = SourcePosition(topic, partition, int(decoded.offsets[r]))
-        raw = decoded.raw_values[r] if decoded.raw_values is not None else decoded.batch.values[r]
-        out.append(Alert(
-            alert_id=message_id(pos), key=decoded.batch.keys[r],
-            timestamp=float(decoded.batch.timestamps[r]),
-            features=dict(zip(decoded.names, map(float, raw), strict=True)),
-            score=float(res.scores[r]), threshold=float(res.thresholds[r]),
-            top_features=tuple(res.top_features(r)), model_version=res.model_version,
-            position=pos, drift_recent=r >= first_drift, detected_at=now,
-        ))
-    return out
 
 
 def _restored(settings: Settings, inp: TopicInput

@@ -30,8 +30,15 @@ from stream_ae.config import Settings
 from stream_ae.errors import FencedError, SinkError, SnapshotError, SourceError
 from stream_ae.metrics import Health, ServiceMetrics
 from stream_ae.records import Alert, Batch, DeadLetter, DriftEvent, SourcePosition, StepResult
-from stream_ae.serde import Decision, Decoded, Decoder, RawBlock, dead_letter, infer_feature_names
-from stream_ae.serde import message_id as _message_id
+from stream_ae.serde import (
+    Decision,
+    Decoded,
+    Decoder,
+    RawBlock,
+    build_alerts,
+    dead_letter,
+    infer_feature_names,
+)
 from stream_ae.sources.kafka import Assignment
 
 log = structlog.get_logger()
@@ -509,21 +516,9 @@ def _collect(part: _Partition, block: RawBlock, decoded: Decoded, result: StepRe
 
 def _alerts(part: _Partition, decoded: Decoded, result: StepResult, live: int, now: float,
             out: _Outputs) -> list[int]:
-    rows = np.flatnonzero(result.is_anomaly & (decoded.offsets >= live))
-    first_drift = min((e.batch_index for e in result.drift_events), default=len(result))
-    names = decoded.names
-    raw = decoded.raw_values if decoded.raw_values is not None else decoded.batch.values
-    for r in rows:
-        pos = SourcePosition(part.topic, part.partition, int(decoded.offsets[r]))
-        out.alerts.append(Alert(
-            alert_id=_message_id(pos), key=decoded.batch.keys[r],
-            timestamp=float(decoded.batch.timestamps[r]),
-            features=dict(zip(names, raw[r].tolist(), strict=True)),
-            score=float(result.scores[r]), threshold=float(result.thresholds[r]),
-            top_features=tuple(result.top_features(int(r))), model_version=result.model_version,
-            position=pos, drift_recent=bool(r >= first_drift), detected_at=now,
-        ))
-    return [int(decoded.offsets[r]) for r in rows]
+    alerts = build_alerts(decoded, result, part.topic, part.partition, now, from_offset=live)
+    out.alerts.extend(alerts)
+    return [a.position.offset for a in alerts if a.position is not None]
 
 
 def _rejected(block: RawBlock, decoded: Decoded, result: StepResult, live: int

@@ -41,6 +41,7 @@ from stream_ae.records import (
     Headers,
     RawMessage,
     SourcePosition,
+    StepResult,
 )
 from stream_ae.schema import SCHEMA_VERSION
 
@@ -516,3 +517,24 @@ def encode_decision(d: Decision) -> bytes:
         "start_offset": d.start, "end_offset": d.end, "alert_offsets": list(d.alerts),
         "dead_letter_offsets": list(d.dead_letters),
     })
+
+
+def build_alerts(decoded: Decoded, result: StepResult, topic: str, partition: int,
+                 now: float, from_offset: int = 0) -> list[Alert]:
+    """One alert per flagged row of a partition's step at or past ``from_offset`` (rows
+    below it are catch-up replays that were published before), in row order."""
+    rows = np.flatnonzero(result.is_anomaly & (decoded.offsets >= from_offset))
+    first_drift = min((e.batch_index for e in result.drift_events), default=len(result))
+    raw = decoded.raw_values if decoded.raw_values is not None else decoded.batch.values
+    out = []
+    for r in map(int, rows):
+        pos = SourcePosition(topic, partition, int(decoded.offsets[r]))
+        out.append(Alert(
+            alert_id=message_id(pos), key=decoded.batch.keys[r],
+            timestamp=float(decoded.batch.timestamps[r]),
+            features=dict(zip(decoded.names, raw[r].tolist(), strict=True)),
+            score=float(result.scores[r]), threshold=float(result.thresholds[r]),
+            top_features=tuple(result.top_features(r)), model_version=result.model_version,
+            position=pos, drift_recent=r >= first_drift, detected_at=now,
+        ))
+    return out
