@@ -21,7 +21,7 @@ from typing import Any
 import harness
 import numpy as np
 import structlog
-from detectors import EngineDetector, HalfSpaceTreesDetector, parse_overrides
+from detectors import make_detector
 from harness import StreamDetector
 
 log = structlog.get_logger()
@@ -52,12 +52,6 @@ def run_cardio(detector: StreamDetector, shared: pathlib.Path, out_dir: pathlib.
         harness.write_cardio_prediction(out_dir, i, rows, out)
     log.info("cardio_streamed", detector=detector.name, orders=len(harness.CARDIO_ORDERS))
     return harness.score_cardio(shared, out_dir)
-
-
-def make_detector(kind: str, overrides: list[str], chunk: int) -> StreamDetector:
-    if kind == "hst":
-        return HalfSpaceTreesDetector()
-    return EngineDetector(overrides=parse_overrides(overrides), chunk=chunk)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import yaml
-from harness import StreamOutput
+from harness import StreamDetector, StreamOutput
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -116,3 +116,10 @@ class HalfSpaceTreesDetector:
         warm = np.arange(len(values)) < warmup
         limit = np.quantile(scores[warm], self.q) if warm.any() else np.inf
         return StreamOutput(scores=scores, is_anomaly=(scores > limit) & ~warm, warmup=warm)
+
+
+def make_detector(kind: str, overrides: list[str], chunk: int) -> StreamDetector:
+    """The command-line choice: ``"hst"`` (river peer) or the stream_ae engine with overrides."""
+    if kind == "hst":
+        return HalfSpaceTreesDetector()
+    return EngineDetector(overrides=parse_overrides(overrides), chunk=chunk)

@@ -22,7 +22,7 @@ from typing import Any
 
 import harness
 import structlog
-from detectors import EngineDetector, HalfSpaceTreesDetector, parse_overrides
+from detectors import make_detector
 from harness import SkabFile, StreamDetector
 
 log = structlog.get_logger()
@@ -74,12 +74,6 @@ def summary_row(res: dict[str, Any]) -> tuple[float, float, float]:
 
 def meets_target(row: tuple[float, float, float]) -> bool:
     return row[0] >= TARGET[0] and row[1] <= TARGET[1] and row[2] <= TARGET[2]
-
-
-def make_detector(kind: str, overrides: list[str], chunk: int) -> StreamDetector:
-    if kind == "hst":
-        return HalfSpaceTreesDetector()
-    return EngineDetector(overrides=parse_overrides(overrides), chunk=chunk)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
