@@ -190,8 +190,11 @@ class CheckpointStore:
     def _write_manifest(self, d: pathlib.Path, kept: list[pathlib.Path]) -> None:
         entries = []
         for p in kept:
-            data = p.read_bytes()
-            entries.append({"file": p.name, "bytes": len(data), "sha256": data[-_DIGEST:].hex()})
+            with p.open("rb") as f:  # size and trailing digest only, not the engine snapshot
+                size = f.seek(0, os.SEEK_END)
+                f.seek(max(0, size - _DIGEST))
+                digest = f.read()
+            entries.append({"file": p.name, "bytes": size, "sha256": digest.hex()})
         _write_atomic(d / "manifest.json", json.dumps({"checkpoints": entries}, indent=1).encode())
 
     def load(self, topic: str, partition: int) -> Checkpoint | None:
