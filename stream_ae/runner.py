@@ -497,19 +497,18 @@ def _collect(part: _Partition, block: RawBlock, decoded: Decoded, result: StepRe
     """Add the live (offset >= ``live``) outputs of one partition's step to ``out``."""
     offsets = decoded.offsets
     alerts: list[int] = []
+    dead = [d for d in decoded.dead_letters if d.original.position.offset >= live]
     if result is not None:
         alerts = _alerts(part, decoded, result, live, now, out)
-        out.dead += _rejected(block, decoded, result, live)
+        dead = _rejected(block, decoded, result, live) + dead
         out.events += [(e, SourcePosition(part.topic, part.partition, int(offsets[e.batch_index])),
                         result.model_version) for e in result.drift_events
                        if offsets[e.batch_index] >= live]
-    dead = [d for d in decoded.dead_letters if d.original.position.offset >= live]
     out.dead += dead
     end = block.offsets[-1] + 1
     if end > live:
-        dead_offsets = sorted(d.original.position.offset for d in out.dead
-                              if d.original.position.topic == part.topic
-                              and d.original.position.partition == part.partition)
+        # a partition is collected once per batch: its dead letters are the ones added here
+        dead_offsets = sorted(d.original.position.offset for d in dead)
         out.decisions.append(Decision(part.topic, part.partition, max(block.offsets[0], live),
                                       end, tuple(alerts), tuple(dead_offsets)))
 
