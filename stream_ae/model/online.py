@@ -107,9 +107,7 @@ class OnlineAutoencoder:
         self._net = Autoencoder(
             self.n_inputs, self.hidden, self.bottleneck, self.activation, self.dropout, self._gen
         )
-        self._opt = torch.optim.AdamW(
-            self._net.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True
-        )
+        self._opt = self._new_optimizer()
         self._n_steps = 0
         self._plan: list[_Layer] | None = None
         self._built = True
@@ -202,10 +200,13 @@ class OnlineAutoencoder:
             enc.bias.copy_(torch.from_numpy(-(v @ mu)))
             dec.weight.copy_(torch.from_numpy(v.T))
             dec.bias.copy_(torch.from_numpy(mu))
-        self._opt = torch.optim.AdamW(
+        self._opt = self._new_optimizer()
+        self._plan = None
+
+    def _new_optimizer(self) -> torch.optim.AdamW:
+        return torch.optim.AdamW(
             self._net.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True
         )
-        self._plan = None
 
     def _set_training(self, mode: bool) -> None:
         if self._net.training != mode:  # Module.train() walks every submodule: skip no-ops
