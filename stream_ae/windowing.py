@@ -285,7 +285,7 @@ class RecordWindow:
             }
         start = max(0, n - self.size)
         for k, v in cols.items():
-            _ring_write(self._cols[k], self._pos, v[start:])
+            ring_write(self._cols[k], self._pos, v[start:])
         self._pos = (self._pos + n - start) % self.size
         self._count = min(self.size, self._count + n - start)
 
@@ -319,7 +319,12 @@ class RecordWindow:
                 self._pos = 0
 
 
-def _ring_write(buf: npt.NDArray[Any], pos: int, rows: npt.NDArray[Any]) -> None:
+def ring_write(buf: npt.NDArray[Any], pos: int, rows: npt.NDArray[Any]) -> None:
+    """Write ``rows`` (at most ``len(buf)``) into ring buffer ``buf`` from ``pos``, wrapping.
+
+    >>> buf = np.zeros(4); ring_write(buf, 3, np.array([1.0, 2.0])); buf.tolist()
+    [2.0, 0.0, 0.0, 1.0]
+    """
     first = min(len(rows), len(buf) - pos)
     buf[pos : pos + first] = rows[:first]
     buf[: len(rows) - first] = rows[first:]

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from stream_ae.windowing import ring_write
+
 F64 = npt.NDArray[np.float64]
 
 
@@ -129,9 +131,7 @@ class RollingQuantileThreshold:
         if self._buf.size != self.window:
             self._buf = np.zeros(self.window, dtype=np.float64)
         s = s[-self.window :]
-        first = min(s.size, self.window - self._pos)
-        self._buf[self._pos : self._pos + first] = s[:first]
-        self._buf[: s.size - first] = s[first:]
+        ring_write(self._buf, self._pos, s)
         self._pos = (self._pos + s.size) % self.window
         self._count = min(self.window, self._count + s.size)
         self._value = self._compute()
