@@ -137,6 +137,11 @@ class DriftConfig(_Frozen):
     history: int = Field(default=4096, ge=16, description="The detector sees the last "
                          "history..2*history scores (bounded, replayable state).")
 
+    @property
+    def report_only(self) -> bool:
+        """True when a detection only emits an event (no boost, no re-warm): the defaults."""
+        return self.lr_boost == 1.0 and not self.rewarm_threshold
+
 
 class RegimeConfig(_Frozen):
     """Sustained-alarm policy: a long alarm run is a regime change, not an endless anomaly."""

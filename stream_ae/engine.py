@@ -263,7 +263,7 @@ class Engine:
         self._next_boundary = self._n_scored + used
         self._drift_at = len(self._pend) + hit.index
         levels = (math.exp(hit.level_before), math.exp(hit.level_after))
-        if d.lr_boost == 1.0 and not d.rewarm_threshold:
+        if d.report_only:
             action = "report"  # the defaults: learning goes on as scheduled
         else:
             action = "lr_boost" + ("+rewarm_threshold" if d.rewarm_threshold else "")
@@ -311,7 +311,7 @@ class Engine:
         if self._drift_at < 0:
             return
         d = self.config.drift
-        if d.lr_boost == 1.0 and not d.rewarm_threshold:
+        if d.report_only:
             return  # report-only: the event is out, learning goes on as scheduled
         self._boost_left = d.boost_steps
         self._ramp_origin = self._n_scored
