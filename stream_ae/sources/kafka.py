@@ -307,7 +307,9 @@ class KafkaTopicReader:
     partitions
         Partitions to read; None: all.
     start_offsets
-        ``{partition: offset}``; partitions not listed start at the beginning.
+        ``{partition: offset}``; partitions not listed start at ``default_offset``.
+    default_offset
+        Start of the partitions ``start_offsets`` does not list (default: the beginning).
     start_timestamp_ms
         Start at the first record at or after this time (overrides ``start_offsets``).
 
@@ -321,12 +323,14 @@ class KafkaTopicReader:
     def __init__(
         self, kafka: KafkaConfig, topic: str, partitions: Sequence[int] | None = None,
         start_offsets: Mapping[int, int] | None = None, start_timestamp_ms: int | None = None,
+        default_offset: int = OFFSET_BEGINNING,
     ) -> None:
         self.kafka = kafka
         self.topic = topic
         self.partitions = partitions
         self.start_offsets = start_offsets
         self.start_timestamp_ms = start_timestamp_ms
+        self.default_offset = default_offset
         self._consumer: Consumer | None = None
         self._positions: dict[TP, int] = {}
         self._open: set[int] = set()
@@ -355,7 +359,7 @@ class KafkaTopicReader:
             query = [TopicPartition(self.topic, p, self.start_timestamp_ms) for p in ids]
             return list(consumer.offsets_for_times(query, timeout=10))
         starts = self.start_offsets or {}
-        return [TopicPartition(self.topic, p, starts.get(p, OFFSET_BEGINNING)) for p in ids]
+        return [TopicPartition(self.topic, p, starts.get(p, self.default_offset)) for p in ids]
 
     def poll(self, max_n: int, timeout: float) -> list[RawMessage]:
         """Up to ``max_n`` messages; sets ``done`` once every partition reached its end."""

@@ -84,29 +84,6 @@ def parse_time(text: str) -> float:
     return float(secs[0])
 
 
-class _EveryPartition(Mapping[int, int]):
-    """``start_offsets`` for the topic reader: the same offset for any partition it finds.
-
-    The reader looks offsets up with ``get`` after listing the partitions itself, so this
-    answers every partition without knowing them; it is truthy although it lists none.
-    """
-
-    def __init__(self, offset: int) -> None:
-        self.offset = offset
-
-    def __getitem__(self, partition: int) -> int:
-        return self.offset
-
-    def __bool__(self) -> bool:
-        return True
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
 class TopicReplaySource:
     """Every partition of ``topic`` from ``start`` to ``end`` (seconds; None: partition ends).
 
@@ -160,7 +137,7 @@ class TopicReplaySource:
                                     start_timestamp_ms=int(self.start.value * 1000))
         if self.start.kind == "offset":
             return KafkaTopicReader(self.kafka, self.topic,
-                                    start_offsets=_EveryPartition(int(self.start.value)))
+                                    default_offset=int(self.start.value))
         return KafkaTopicReader(self.kafka, self.topic)
 
     @property
