@@ -10,14 +10,13 @@ deployments use Apache Kafka. Used by the integration tests and the demo command
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import IO
 
@@ -153,10 +152,6 @@ class EmbeddedBroker:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    @property
-    def pid(self) -> int | None:
-        return None if self._proc is None else self._proc.pid
-
     def start(self) -> str:
         """Start the broker, wait until it answers, return the bootstrap address."""
         if self.running:
@@ -240,11 +235,3 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def running_broker(**kwargs: object) -> Iterator[EmbeddedBroker]:
-    """``with running_broker() as b:`` starts a broker and stops it on exit."""
-    broker = EmbeddedBroker(**kwargs)  # type: ignore[arg-type]
-    with broker:
-        yield broker
