@@ -110,11 +110,16 @@ def default_engine_factory(settings: Settings) -> tuple[Callable[[Sequence[str]]
     return make, restore
 
 
-def prewarm_engine(settings: Settings) -> None:
-    """Pay the engine's one-time lazy imports (torch optimizer, river) now, before joining
-    the group, not inside the first batch. The throwaway engine is discarded."""
-    make, _ = default_engine_factory(settings)
+EngineFactory = tuple[Callable[[Sequence[str]], EngineLike], Callable[[bytes], EngineLike]]
+
+
+def prewarm_engine(settings: Settings) -> EngineFactory:
+    """The real engine factories, after paying the engine's one-time lazy imports (torch
+    optimizer, river) now, before joining the group, not inside the first batch. The
+    throwaway engine is discarded."""
+    make, restore = default_engine_factory(settings)
     make(("warm-up",)).step(Batch.from_arrays([[0.0]]))
+    return make, restore
 
 
 @dataclass
@@ -231,8 +236,7 @@ class Runner:
 
     def _open(self) -> None:
         if self.make_engine is None or self.restore_engine is None:
-            self.make_engine, self.restore_engine = default_engine_factory(self.settings)
-            prewarm_engine(self.settings)
+            self.make_engine, self.restore_engine = prewarm_engine(self.settings)
         self.source.listener = self
         opener = getattr(self.sink, "open", None)
         if callable(opener):
@@ -555,15 +559,19 @@ def tune_gc() -> None:
 
 
 def build_runner(settings: Settings, decisions_topic: str | None = None,
-                 metrics: ServiceMetrics | None = None, health: Health | None = None) -> Runner:
-    """The production runner: Kafka group source, Kafka sink, checkpoint store."""
+                 metrics: ServiceMetrics | None = None, health: Health | None = None,
+                 engines: EngineFactory | None = None) -> Runner:
+    """The production runner: Kafka group source, Kafka sink, checkpoint store; ``engines``
+    (make, restore) defaults to the real engine, warmed up when the runner opens."""
+    make, restore = engines or (None, None)
     from stream_ae.sinks.kafka import KafkaSink
     from stream_ae.sources.kafka import KafkaGroupSource
 
     ck = settings.checkpoint
     return Runner(settings, KafkaGroupSource(settings.kafka, None),
                   KafkaSink(settings.kafka, decisions_topic),
-                  CheckpointStore(ck.directory, ck.keep), metrics=metrics, health=health)
+                  CheckpointStore(ck.directory, ck.keep), metrics=metrics, health=health,
+                  make_engine=make, restore_engine=restore)
 
 
 def run_service(settings: Settings, decisions_topic: str | None = None,
@@ -591,22 +599,23 @@ def run_service(settings: Settings, decisions_topic: str | None = None,
     metrics = ServiceMetrics(registry)
     log.info("service_starting", group_id=settings.kafka.group_id,
              topics=list(settings.kafka.input_topics), guarantee=settings.kafka.guarantee)
-    prewarm_engine(settings)
+    engines = prewarm_engine(settings)  # before the GC freeze: torch's import state is frozen
     tune_gc()
     try:
-        _run_restarting(settings, decisions_topic, metrics, health, stop)
+        _run_restarting(settings, decisions_topic, metrics, health, stop, engines)
     finally:
         if server is not None:
             server.stop()
 
 
 def _run_restarting(settings: Settings, decisions_topic: str | None, metrics: ServiceMetrics,
-                    health: Health, stop: threading.Event, backoff_s: float = 2.0) -> None:
+                    health: Health, stop: threading.Event, engines: EngineFactory | None = None,
+                    backoff_s: float = 2.0) -> None:
     """Run; after a Kafka failure (e.g. a transaction lost in a broker outage) start over
     with fresh clients: engines are restored from their checkpoints and replay up to the
     committed offsets, exactly as after a process restart. A fenced instance stops."""
     while not stop.is_set():
-        runner = build_runner(settings, decisions_topic, metrics, health)
+        runner = build_runner(settings, decisions_topic, metrics, health, engines)
         try:
             runner.run(stop)
             return

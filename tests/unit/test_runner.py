@@ -226,7 +226,7 @@ def test_service_starts_over_after_a_kafka_failure(tmp_path: pathlib.Path,
                 stop.set()
 
     def build(settings: Settings, decisions: object = None, metrics: object = None,
-              health: object = None) -> Runner:
+              health: object = None, engines: object = None) -> Runner:
         sinks.append(FlakySink())
         return Runner(settings, SharedSource({TP0: msgs}, committed=dict(committed)), sinks[-1],
                       CheckpointStore(settings.checkpoint.directory))
