@@ -46,14 +46,14 @@ from stream_ae.evaluation import (
     evaluable,
 )
 from stream_ae.readers import ALL_COLUMNS, BadRow, Chunk, Columns, Format, TableReader
-from stream_ae.records import F64, I64, Alert, Batch, Bool, StepResult
+from stream_ae.records import F64, I64, Alert, Bool, StepResult
 from stream_ae.report import DriftMark, ReportData, TopAlert, write_reports
 from stream_ae.serde import (
     Decoded,
     Decoder,
     RawBlock,
+    all_dead,
     build_alerts,
-    dead_letter,
     encode_alert,
     infer_feature_names,
 )
@@ -577,8 +577,7 @@ class TopicReplay:
         if self._decoder is None:
             self.names = self.names or infer_feature_names(block, self.settings.record)
             if self.names is None:
-                dead = tuple(dead_letter(block, i, "no_features") for i in range(len(block)))
-                return Decoded(Batch.from_arrays(np.empty((0, 0))), np.empty(0, np.int64), dead)
+                return all_dead(block, "no_features")
             self._decoder = Decoder(self.names, self.settings.record,
                                     self.settings.engine.features.missing)
             self.collector = ResultCollector(self.names, row_name="offset")

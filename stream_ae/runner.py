@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Protocol
 
-import numpy as np
 import structlog
 
 from stream_ae.checkpoint import Checkpoint, CheckpointStore
@@ -35,6 +34,7 @@ from stream_ae.serde import (
     Decoded,
     Decoder,
     RawBlock,
+    all_dead,
     build_alerts,
     dead_letter,
     infer_feature_names,
@@ -360,7 +360,7 @@ class Runner:
         if self._decoder is None:
             self._names = self._names or infer_feature_names(block, self.settings.record)
             if self._names is None:  # nothing decodable yet: every message is a dead letter
-                return _all_dead(block, "no_features")
+                return all_dead(block, "no_features", "no feature names known yet")
             self._decoder = Decoder(self._names, self.settings.record,
                                     self.settings.engine.features.missing)
             log.info("feature_names", names=list(self._names))
@@ -487,13 +487,6 @@ class Runner:
                 self._checkpoint(part)
             if self.metrics is not None:
                 self.metrics.forget(*tp)
-
-
-def _all_dead(block: RawBlock, reason: str) -> Decoded:
-    dead = tuple(dead_letter(block, i, reason, "no feature names known yet")
-                 for i in range(len(block)))
-    batch = Batch.from_arrays(np.zeros((0, 0), dtype=np.float32))
-    return Decoded(batch, np.zeros(0, dtype=np.int64), dead)
 
 
 def _collect(part: _Partition, block: RawBlock, decoded: Decoded, result: StepResult | None,

@@ -434,6 +434,14 @@ def dead_letter(block: RawBlock, i: int, reason: str, detail: str = "") -> DeadL
     return DeadLetter(reason=reason, detail=detail, original=block.message(i))
 
 
+def all_dead(block: RawBlock, reason: str, detail: str = "") -> Decoded:
+    """Every message of ``block`` as a dead letter, nothing for the engine (e.g. while no
+    feature names are known)."""
+    dead = tuple(dead_letter(block, i, reason, detail) for i in range(len(block)))
+    batch = Batch.from_arrays(np.zeros((0, 0), dtype=np.float32))
+    return Decoded(batch, np.zeros(0, dtype=np.int64), dead)
+
+
 def dead_letter_headers(d: DeadLetter, now: float) -> list[tuple[str, bytes]]:
     """The original headers plus ``stream-ae.*`` headers with the reason and coordinates.
 
