@@ -18,6 +18,7 @@ True
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import math
@@ -85,13 +86,18 @@ class ReportData:
     facts: Mapping[str, Any] = field(default_factory=dict)
     row_name: str = "row"  # what ``row`` numbers are: "line" (files) or "offset" (topics)
 
-    @property
+    # cached: the frame is fixed, and plots and tables ask for these per group and per mark
+    @functools.cached_property
     def has_time(self) -> bool:
         return bool(np.isfinite(self.frame["time"].to_numpy(np.float64)).any())
 
+    @functools.cached_property
+    def _groups(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.frame["group"].tolist()))
+
     def groups(self) -> list[str]:
         """Groups in order of first appearance."""
-        return list(dict.fromkeys(self.frame["group"].tolist()))
+        return list(self._groups)
 
 
 # --------------------------------------------------------------------------- axes
