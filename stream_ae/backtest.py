@@ -367,15 +367,16 @@ def finish(collector: ResultCollector, output: pathlib.Path, title: str,
     elapsed = time.perf_counter() - started
     scored = int(np.isfinite(frame["score"].to_numpy(np.float64)).sum())
     records = collector.records
+    alerts = int(frame["is_anomaly"].sum())
     all_facts = {**facts, "records": records, "scored": scored,
-                 "alerts": int(frame["is_anomaly"].sum()), "bad rows": collector.bad_count,
+                 "alerts": alerts, "bad rows": collector.bad_count,
                  "warm-up rows": int(frame["warmup"].sum()), "elapsed s": round(elapsed, 2)}
     metrics, delays = evaluate_frame(frame)
     data = collector.report_data(title, all_facts, frame, metrics, delays)
     png, html_path = output.with_suffix(".png"), output.with_suffix(".html")
     write_reports(data, png, html_path)
     summary = BacktestSummary(
-        records=records, scored=scored, alerts=int(frame["is_anomaly"].sum()),
+        records=records, scored=scored, alerts=alerts,
         bad_rows=collector.bad_count, drift_events=len(data.drift), elapsed_s=elapsed,
         predictions=output, html=html_path, png=png, metrics=metrics,
         delay=delay_summary(delays) if metrics is not None else {},
