@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 
 from stream_ae.records import F64, I64, Bool
 
@@ -161,10 +162,13 @@ def delays_by_group(
     >>> [(x.group, x.delay_records) for x in d]
     [('a', 1), ('b', 0)]
     """
-    g = np.asarray(groups, dtype=object)
+    # one vectorised pass: codes in order of first appearance, rows of a group in stream order
+    codes, names = pd.factorize(np.asarray(groups, dtype=object))
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
     out: list[EpisodeDelay] = []
-    for name in dict.fromkeys(groups):
-        idx = np.flatnonzero(g == name)
+    for j, name in enumerate(names):
+        idx = order[bounds[j] : bounds[j + 1]]
         out.extend(detection_delays(labels[idx], flags[idx], timestamps[idx], group=str(name)))
     return out
 
