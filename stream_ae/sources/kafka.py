@@ -28,7 +28,7 @@ from confluent_kafka import (
 
 from stream_ae.config import KafkaConfig
 from stream_ae.errors import SourceError
-from stream_ae.records import RawMessage, SourcePosition
+from stream_ae.records import Headers, RawMessage, SourcePosition
 from stream_ae.serde import LazyColumn, RawBlock
 
 log = structlog.get_logger()
@@ -138,12 +138,16 @@ def _msg_timestamp(m: Any) -> int | None:
     return ts if kind else None
 
 
+def _msg_headers(m: Any) -> Headers:
+    return tuple((k, v or b"") for k, v in (m.headers() or ()))
+
+
 def _block(tp: TP, g: list[Any]) -> RawBlock:
     # keys and timestamps are read only for records without key/timestamp fields: lazily
     return RawBlock(
         tp[0], tp[1], [m.offset() for m in g], [m.value() for m in g],
         LazyColumn(g, _msg_key), LazyColumn(g, _msg_timestamp),
-        lambda i: tuple((k, v or b"") for k, v in (g[i].headers() or ())),
+        lambda i: _msg_headers(g[i]),
     )
 
 
@@ -395,7 +399,5 @@ class KafkaTopicReader:
 
 
 def _raw(m: Any) -> RawMessage:
-    kind, ts = m.timestamp()
-    headers = tuple((k, v or b"") for k, v in (m.headers() or ()))
     pos = SourcePosition(m.topic(), m.partition(), m.offset())
-    return RawMessage(m.value(), m.key(), headers, ts if kind else None, pos)
+    return RawMessage(m.value(), m.key(), _msg_headers(m), _msg_timestamp(m), pos)
