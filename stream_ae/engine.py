@@ -134,7 +134,7 @@ class Engine:
     @property
     def threshold(self) -> float:
         """The threshold now in force (NaN while not warm)."""
-        return self._thr_value if self._built else math.nan
+        return self._thr.value if self._built else math.nan
 
     def step(self, batch: Batch) -> StepResult:
         """Score, flag and (at boundaries) learn from a batch; results in batch order."""
@@ -150,7 +150,7 @@ class Engine:
             if self._n_scored == self._next_boundary:
                 self._boundary(out, int(rows[pos - 1]))
         for r, _ in rejected:
-            out.thresholds[r] = self._thr_value
+            out.thresholds[r] = self._thr.value
         self._records_seen += len(batch)
         return StepResult(
             scores=out.scores, thresholds=out.thresholds, is_anomaly=out.flags,
@@ -225,7 +225,6 @@ class Engine:
         self._n_scored = 0
         self._boost_left = 0
         self._drift_at = -1
-        self._thr_value = math.nan
         self._ramp_origin = 0
         self._next_boundary = self._schedule(0)
         self._built = True
@@ -242,7 +241,7 @@ class Engine:
         are scored again, after the adaptation (the next loop iteration)."""
         mse, cols = self._model.score_many(self._scaler.transform(x))
         warm = self._n_scored < self.config.training.warmup
-        thr = self._thr_value
+        thr = self._thr.value  # changes only at boundaries: frozen in between
         flags = (mse > thr) if not (warm or math.isnan(thr)) else np.zeros(rows.size, np.bool_)
         used = rows.size
         if not warm and self._drift is not None:
@@ -288,7 +287,6 @@ class Engine:
             self._adapt_to_drift(s)
             extra = self._check_regime(out, row)
             self._learn(self._replay, tr.steps_per_stride + extra, clip=True)
-        self._thr_value = self._thr.value
         self._pend.clear()
         self._drift_at = -1
         self._next_boundary = self._schedule(self._n_scored)
@@ -398,7 +396,7 @@ class Engine:
         counters = {
             "records_seen": self._records_seen, "n_scored": self._n_scored,
             "next_boundary": self._next_boundary, "boost_left": self._boost_left,
-            "drift_at": self._drift_at, "thr_value": self._thr_value,
+            "drift_at": self._drift_at,
             "warm_size": self._warm.size, "ramp_origin": self._ramp_origin,
         }
         parts = {k: v.get_state() for k, v in self._parts().items()}
@@ -409,7 +407,7 @@ class Engine:
             c = tree["counters"]
             self._records_seen, self._n_scored = int(c["records_seen"]), int(c["n_scored"])
             self._next_boundary, self._boost_left = int(c["next_boundary"]), int(c["boost_left"])
-            self._drift_at, self._thr_value = int(c["drift_at"]), float(c["thr_value"])
+            self._drift_at = int(c["drift_at"])
             self._warm = RecordWindow(int(c["warm_size"]))
             self._ramp_origin = int(c["ramp_origin"])
             self._rng.bit_generator.state = tree["rng"]
