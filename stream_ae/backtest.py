@@ -263,22 +263,33 @@ class PredictionWriter:
         self._started = True
 
 
+def result_columns(n: int, res: StepResult | None) -> dict[str, Any]:
+    """``score``, ``threshold``, ``is_anomaly``, ``warmup`` of ``n`` rows (NaN / 0 when the
+    engine saw none of them) and their ``error`` (``rejected:<reason>`` or empty)."""
+    error = [""] * n
+    for row, reason in res.rejected if res is not None else ():
+        error[row] = f"rejected:{reason}"
+    nan = np.full(n, np.nan)
+    return {
+        "score": nan if res is None else res.scores,
+        "threshold": nan if res is None else res.thresholds,
+        "is_anomaly": np.zeros(n, np.int8) if res is None else res.is_anomaly.astype(np.int8),
+        "warmup": np.zeros(n, np.int8) if res is None else res.warmup.astype(np.int8),
+        "error": error,
+    }
+
+
 def file_predictions(chunk: Chunk, res: StepResult | None, roles: Columns) -> pd.DataFrame:
     """One row per input row of ``chunk`` (good and bad) in line order."""
     n = len(chunk)
-    score = np.full(n, np.nan) if res is None else res.scores
-    error = [""] * n
-    if res is not None:
-        for row, reason in res.rejected:
-            error[row] = f"rejected:{reason}"
+    result = result_columns(n, res)
+    error = result.pop("error")
     good: dict[str, Any] = {"line": chunk.lines}
     if roles.timestamp is not None:
         good["timestamp"] = chunk.timestamp_text or [""] * n
     if roles.key is not None:
         good["key"] = chunk.keys
-    good.update(score=score, threshold=np.full(n, np.nan) if res is None else res.thresholds,
-                is_anomaly=np.zeros(n, np.int8) if res is None else res.is_anomaly.astype(np.int8),
-                warmup=np.zeros(n, np.int8) if res is None else res.warmup.astype(np.int8))
+    good.update(result)
     if roles.label is not None and chunk.labels is not None:
         good["label"] = chunk.labels
     good["error"] = error
@@ -300,9 +311,10 @@ def with_unscored(frame: pd.DataFrame, bad: pd.DataFrame, order: str) -> pd.Data
     return frame
 
 
-def rejected_rows(chunk: Chunk, res: StepResult) -> list[BadRow]:
-    """Rows the engine's feature stage rejected, as bad rows with their line numbers."""
-    return [BadRow(int(chunk.lines[r]), f"rejected:{reason}", "") for r, reason in res.rejected]
+def rejected_rows(rows: I64, res: StepResult) -> list[BadRow]:
+    """Rows the engine's feature stage rejected, as bad rows numbered by ``rows`` (lines or
+    offsets)."""
+    return [BadRow(int(rows[r]), f"rejected:{reason}", "") for r, reason in res.rejected]
 
 
 # --------------------------------------------------------------------------- file backtest
@@ -357,7 +369,7 @@ def _collect_chunk(collector: ResultCollector, chunk: Chunk, res: StepResult | N
     if res is None:
         return
     collector.add_step(chunk.keys, chunk.timestamps, chunk.labels, chunk.lines, res)
-    collector.add_bad(rejected_rows(chunk, res), rejected=True)
+    collector.add_bad(rejected_rows(chunk.lines, res), rejected=True)
 
 
 def finish(collector: ResultCollector, output: pathlib.Path, title: str,
@@ -596,24 +608,18 @@ class TopicReplay:
         groups = [k or f"partition {partition}" for k in decoded.batch.keys]
         labels = decoded.batch.labels if self.settings.record.label_field else None
         self.collector.add_step(groups, decoded.batch.timestamps, labels, decoded.offsets, res)
-        self.collector.add_bad([BadRow(int(decoded.offsets[r]), f"rejected:{why}", "")
-                                for r, why in res.rejected], rejected=True)
+        self.collector.add_bad(rejected_rows(decoded.offsets, res), rejected=True)
 
 
 def topic_predictions(partition: int, decoded: Decoded, res: StepResult | None,
                       with_label: bool) -> pd.DataFrame:
     """Prediction rows of one partition's block (good and dead-lettered) in offset order."""
     b, n = decoded.batch, len(decoded.batch)
-    nan = np.full(n, np.nan)
-    error = [""] * n
-    for row, reason in res.rejected if res is not None else ():
-        error[row] = f"rejected:{reason}"
+    result = result_columns(n, res)
+    error = result.pop("error")
     cols: dict[str, Any] = {
         "partition": partition, "offset": decoded.offsets, "key": list(b.keys),
-        "timestamp": b.timestamps, "score": nan if res is None else res.scores,
-        "threshold": nan if res is None else res.thresholds,
-        "is_anomaly": np.zeros(n, np.int8) if res is None else res.is_anomaly.astype(np.int8),
-        "warmup": np.zeros(n, np.int8) if res is None else res.warmup.astype(np.int8),
+        "timestamp": b.timestamps, **result,
     }
     if with_label:
         cols["label"] = b.labels if b.labels is not None else np.full(n, -1)
