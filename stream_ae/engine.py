@@ -427,3 +427,47 @@ class Engine:
                 raise SnapshotError(f"stored records have the wrong width (expected {n_in})")
         if self._scaler.get_state()["mean"].shape != (n_in,):
             raise SnapshotError("stored scaler has the wrong width")
+
+    # ------------------------------------------------------------------ side-effect-free scoring
+    def score_only(self, batch: Batch) -> StepResult:
+        """Score and flag a batch with the current state, changing nothing.
+
+        What ``step`` would return for these rows if no boundary fell inside the batch:
+        the same scaler, model and threshold, per-key lags continued from a *copy* of the
+        feature history (rows of the batch see earlier rows of the same batch), no drift
+        detection, no learning. A fresh engine scores with its untrained model, as the
+        first ``step`` would. For ``score_one``/``decision_function`` style facades.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from stream_ae.config import EngineConfig, TrainingConfig
+        >>> eng = Engine(EngineConfig(training=TrainingConfig(warmup=100, warmup_epochs=2)), ["a"])
+        >>> x = Batch.from_arrays(np.arange(10, dtype=np.float32).reshape(-1, 1))
+        >>> before = eng.snapshot()
+        >>> s = eng.score_only(x)
+        >>> (eng.snapshot() == before, bool(np.array_equal(s.scores, eng.step(x).scores)))
+        (True, True)
+        """
+        self._check_batch(batch)
+        if not self._built:
+            fresh = Engine(self.config, self.raw_feature_names)
+            fresh._build()
+            return fresh.score_only(batch)
+        f = self.config.features
+        feat = FeatureStage(len(self.raw_feature_names), f.lags, f.diffs, f.missing, f.max_keys)
+        feat.set_state(self._feat.get_state())
+        out = _Out.empty(batch, feat.n_features, self._records_seen)
+        x, rows, rejected = feat.transform(batch.keys, batch.values)
+        mse, cols = self._model.score_many(self._scaler.transform(x))
+        warm = self._n_scored < self.config.training.warmup
+        thr = self._thr.value
+        out.thresholds[:] = thr
+        out.scores[rows], out.errors[rows], out.warmup[rows] = mse, cols, warm
+        if not (warm or math.isnan(thr)):
+            out.flags[rows] = mse > thr
+        return StepResult(
+            scores=out.scores, thresholds=out.thresholds, is_anomaly=out.flags,
+            warmup=out.warmup, feature_errors=out.errors, feature_names=self.feature_names,
+            rejected=rejected, model_version=self.model_version,
+        )

@@ -322,3 +322,46 @@ def test_pca_warmup_fit_replaces_the_epochs_and_fits_the_subspace(data: Batch) -
     nxt = data.slice(100, 400)
     assert np.nanmedian(eng.step(nxt).scores) < np.nanmedian(eng_e.step(nxt).scores)
     assert res.warmup.all()
+
+
+@pytest.mark.parametrize("features", [{}, {"lags": 2, "diffs": True}])
+def test_score_only_mutates_nothing_and_matches_step_until_the_next_boundary(
+    data: Batch, features: dict[str, object]
+) -> None:
+    cfg = small_config(**features).model_copy(update={"drift": DriftConfig(detector="none")})
+    eng = Engine(cfg, NAMES)
+    eng.step(data.slice(0, 900))
+    before = eng.snapshot()
+    nxt = data.slice(900, 960)
+    only = eng.score_only(nxt)
+    assert eng.snapshot() == before
+    assert eng.score_only(nxt).scores.tolist() == only.scores.tolist()  # nothing changed
+    twin, v0 = Engine.restore(before), eng.model_version
+    stepped = [twin.step(nxt.slice(i, i + 1)) for i in range(len(nxt))]
+    frozen = 1 + next(i for i, r in enumerate(stepped) if r.model_version > v0)
+    assert 1 <= frozen < len(nxt)  # a boundary falls inside: the rows after it differ
+    step_scores = np.concatenate([r.scores for r in stepped])
+    np.testing.assert_array_equal(only.scores[:frozen], step_scores[:frozen])
+    assert not np.array_equal(only.scores[frozen:], step_scores[frozen:])
+    np.testing.assert_array_equal(only.is_anomaly, only.scores > eng.threshold)
+    assert (only.thresholds == eng.threshold).all() and not only.warmup.any()
+
+
+def test_score_only_on_a_fresh_engine_is_the_untrained_first_step(data: Batch) -> None:
+    eng = Engine(small_config(lags=1), NAMES)
+    only = eng.score_only(data.slice(0, 5))
+    assert (eng.snapshot(), eng.records_seen) == (Engine(small_config(lags=1), NAMES).snapshot(), 0)
+    np.testing.assert_array_equal(only.scores, eng.step(data.slice(0, 5)).scores)
+    assert only.warmup.all() and not only.is_anomaly.any()
+
+
+def test_score_only_rejects_like_step_and_checks_the_width(data: Batch) -> None:
+    eng = Engine(small_config(), NAMES)
+    eng.step(data.slice(0, 200))
+    bad = data.values[:3].copy()
+    bad[1, 0] = np.nan
+    res = eng.score_only(Batch.from_arrays(bad))
+    assert res.rejected == ((1, "non_finite"),) and math.isnan(res.scores[1])
+    assert np.isfinite(res.scores[[0, 2]]).all()
+    with pytest.raises(ConfigError):
+        eng.score_only(Batch.from_arrays(np.zeros((2, 2))))
