@@ -1,21 +1,63 @@
 """The ``stream-ae`` command line: thin commands, wiring only.
 
-Each command parses its options, loads ``Settings``, configures logging once and
-hands over to the module that does the work (runner, backtest, demo, ...).
+Each command parses its options, loads ``Settings`` (file < environment < ``--set``),
+configures logging once and hands over to the module that does the work (runner,
+backtest, demo, ...). :func:`main` turns the errors users cause into distinct exit codes
+(``EXIT_CODES``) with a one-line message; nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import pathlib
+import sys
+from collections.abc import Sequence
 from typing import Annotated, Optional
 
 import typer
 
-from stream_ae.config import Settings
+from stream_ae.config import Settings, parse_overrides, with_overrides
+from stream_ae.errors import (
+    BrokerError,
+    BrokerUnreachable,
+    ConfigError,
+    InputFileError,
+    StreamAEError,
+)
 from stream_ae.logs import configure_logging
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+HELP = """\
+Streaming anomaly detection for Kafka sensor pipelines: an online autoencoder scores every
+record (its reconstruction error), a rolling threshold flags anomalies, alerts go to Kafka.
+
+\b
+Examples:
+  stream-ae demo                           simulator + service + live alerts
+  stream-ae run -c service.yaml            the detection service
+  stream-ae backtest data.csv -o pred.csv  score a file: metrics, HTML report
+  stream-ae backtest data.csv --set engine.features.lags=8    (any setting)
+  stream-ae simulate --output sim.csv      simulated sensor data
+  stream-ae config init stream-ae.yaml     a commented starter config
+  stream-ae config show -c service.yaml    the effective configuration
+  stream-ae schema alert                   JSON Schema of alert messages
+  stream-ae checkpoint inspect ckpt/       what the checkpoints hold
+
+\b
+Exit codes: 0 ok, 1 other error, 2 bad usage, 3 bad config, 4 bad input file,
+5 broker unreachable.
+"""
+
+# exit codes, one per cause a user can fix; named in the error line (see docs/cli.md)
+EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_INPUT, EXIT_BROKER = 1, 2, 3, 4, 5
+EXIT_CODES: tuple[tuple[type[StreamAEError], int, str], ...] = (
+    (ConfigError, EXIT_CONFIG, "bad config"),
+    (InputFileError, EXIT_INPUT, "bad input file"),
+    (BrokerUnreachable, EXIT_BROKER, "broker unreachable"),
+    (BrokerError, EXIT_BROKER, "broker unreachable"),
+)
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
+config_app = typer.Typer(no_args_is_help=True, help="Write a starter config, or show the "
+                         "effective one.")
 schema_app = typer.Typer(no_args_is_help=True, help="Print JSON Schemas of published messages.")
 checkpoint_app = typer.Typer(no_args_is_help=True, help="Inspect checkpoints.")
 app.add_typer(config_app, name="config")
@@ -26,20 +68,43 @@ ConfigOpt = Annotated[
     Optional[pathlib.Path],  # noqa: UP045 - typer needs Optional
     typer.Option("--config", "-c", help="YAML or TOML config file; env STREAM_AE_* overrides it."),
 ]
+SetOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045 - typer needs Optional
+    typer.Option("--set", metavar="KEY=VALUE", help="Override one setting (repeatable), e.g. "
+                 "--set engine.features.lags=8; wins over the file and the environment."),
+]
 
 
-def _settings(config: pathlib.Path | None) -> Settings:
-    settings = Settings.load(config)
+def _settings(config: pathlib.Path | None, sets: Sequence[str] | None = None) -> Settings:
+    settings = with_overrides(Settings.load(config), parse_overrides(sets or ()))
     configure_logging(settings.log.format, settings.log.level)
     return settings
 
 
+@config_app.command("init")
+def config_init(
+    path: Annotated[pathlib.Path, typer.Argument(help="Where to write it.")]
+        = pathlib.Path("stream-ae.yaml"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a commented starter config: every setting at its default, with its description."""
+    from stream_ae.starter import starter_config
+
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; use --force to overwrite it")
+    try:
+        path.write_text(starter_config())
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc}") from exc
+    typer.echo(f"wrote {path}; use it with: stream-ae run -c {path}")
+
+
 @config_app.command("show")
-def config_show(config: ConfigOpt = None) -> None:
-    """Print the effective configuration (file + environment + defaults) as YAML."""
+def config_show(config: ConfigOpt = None, sets: SetOpt = None) -> None:
+    """Print the effective configuration (defaults < file < environment < --set) as YAML."""
     import yaml
 
-    settings = Settings.load(config)
+    settings = with_overrides(Settings.load(config), parse_overrides(sets or ()))
     data = settings.model_dump(mode="json")
     typer.echo(yaml.safe_dump(data, sort_keys=False))
 
@@ -76,8 +141,12 @@ def backtest_cmd(
     alerts_file: Annotated[pathlib.Path | None, typer.Option(
         help="Replay alerts as JSON lines (default: <output>.alerts.jsonl).")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    sets: SetOpt = None,
 ) -> None:
-    """Score a file or a historical topic with the service's engine; metrics and reports."""
+    """Score a file or a historical topic with the service's engine; metrics and reports.
+
+    Example: stream-ae backtest data.csv --label-column label --set engine.features.lags=8
+    """
     import os
 
     # one torch thread is faster for this small model (PERFORMANCE_NOTES: 14k vs 8.6k
@@ -88,8 +157,11 @@ def backtest_cmd(
     from stream_ae.sources.replay import parse_end, parse_start
 
     names = tuple(f.strip() for f in (features or "").split(",") if f.strip())
-    settings = bt.settings_with(_settings(config), names, warmup_rows)
+    settings = bt.settings_with(_settings(config, sets), names, warmup_rows)
     if topic is not None:
+        from stream_ae.sources.kafka import probe_broker
+
+        probe_broker(settings.kafka)
         inp = bt.TopicInput(topic, parse_start(from_), parse_end(to), from_checkpoint,
                             alerts_file, alerts_topic)
         summary = bt.run_topic_backtest(settings, inp, output, not no_progress)
@@ -147,21 +219,26 @@ def demo_cmd(
     live: Annotated[bool | None, typer.Option(
         "--live/--no-live", help="Live view (default: when stdout is a terminal).")] = None,
     seed: int = 0,
+    sets: SetOpt = None,
 ) -> None:
-    """Embedded broker + simulator + detector + live alert view; a summary at the end."""
+    """Embedded broker + simulator + detector + live alert view; a summary at the end.
+
+    Example: stream-ae demo --duration 30 --set engine.threshold.q=0.995
+    """
     import os
-    import sys
 
     from rich.console import Console
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # see backtest_cmd
     from stream_ae import demo
 
+    overrides = parse_overrides(sets or ())
+    with_overrides(Settings(), overrides)  # a bad --set fails now, not in the service
     live = sys.stdout.isatty() if live is None else live
     # log lines would tear through the Live view: only warnings while it is shown
     configure_logging("auto", "warning" if live else "info")
     opts = demo.DemoOptions(duration=duration, rate=rate, devices=devices, workdir=workdir,
-                            live=live, seed=seed)
+                            live=live, seed=seed, overrides=overrides)
     summary = demo.run_demo(opts)
     Console().print(demo.summary_table(summary))
 
@@ -174,11 +251,18 @@ def run_cmd(
         typer.Option(envvar="STREAM_AE_DECISIONS_TOPIC",
                      help="Also publish one decision record per partition and batch here."),
     ] = None,
+    sets: SetOpt = None,
 ) -> None:
-    """Run the detection service: consume, score, publish alerts; Ctrl-C/SIGTERM stops it."""
-    from stream_ae.runner import run_service
+    """Run the detection service: consume, score, publish alerts; Ctrl-C/SIGTERM stops it.
 
-    run_service(_settings(config), decisions_topic)
+    Example: stream-ae run -c service.yaml --set kafka.bootstrap_servers=broker:9092
+    """
+    from stream_ae.runner import run_service
+    from stream_ae.sources.kafka import probe_broker
+
+    settings = _settings(config, sets)
+    probe_broker(settings.kafka)  # a wrong address is an error now, not a silent retry loop
+    run_service(settings, decisions_topic)
 
 
 @schema_app.command("alert")
@@ -210,8 +294,26 @@ def checkpoint_inspect(
         typer.echo(json.dumps(row))
 
 
-def main() -> None:
-    app()
+def exit_code(exc: StreamAEError) -> tuple[int, str]:
+    """The exit code and its name for an error that stops a command.
+
+    >>> exit_code(ConfigError("x")), exit_code(BrokerUnreachable("y"))
+    ((3, 'bad config'), (5, 'broker unreachable'))
+    """
+    for cls, code, name in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code, name
+    return EXIT_ERROR, "error"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The console script: run a command; a stream_ae error exits with its code."""
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name="stream-ae")
+    except StreamAEError as exc:
+        code, name = exit_code(exc)
+        typer.echo(f"stream-ae: {name}: {exc}", err=True)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

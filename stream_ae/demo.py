@@ -34,7 +34,7 @@ from rich.live import Live
 from rich.table import Table
 
 from stream_ae.broker import EmbeddedBroker
-from stream_ae.config import KafkaConfig, Settings
+from stream_ae.config import KafkaConfig, Settings, merged
 from stream_ae.errors import StreamAEError
 from stream_ae.schema import AlertMessage, EventMessage
 from stream_ae.simulate import SimBlock, SimulationConfig, produce_to
@@ -66,6 +66,8 @@ class DemoOptions:
         Rich Live view; None: only when stdout is a terminal.
     seed
         Simulator seed.
+    overrides
+        Nested settings laid over the demo's service config (the CLI's ``--set``).
     """
 
     duration: float = 60.0
@@ -75,6 +77,7 @@ class DemoOptions:
     workdir: pathlib.Path = pathlib.Path("out/demo")
     live: bool | None = None
     seed: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -360,7 +363,7 @@ def run_demo(opts: DemoOptions, on_started: Callable[[str], None] | None = None)
         broker.create_topics({TOPICS["sensors"]: opts.partitions, TOPICS["alerts"]: 1,
                               TOPICS["dead"]: 1, TOPICS["events"]: 1})
         sim = simulation_config(opts, time.time())
-        cfg = service_config(broker.bootstrap, opts, sim.sensor_names)
+        cfg = merged(service_config(broker.bootstrap, opts, sim.sensor_names), opts.overrides)
         config_path = opts.workdir / "demo.yaml"
         config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         settings = Settings.load(config_path)

@@ -8,6 +8,8 @@
     ├── SnapshotError          a snapshot/checkpoint that cannot be read or does not fit
     │   └── CheckpointNotFound no usable checkpoint in the store
     ├── SourceError            the input side failed (wraps confluent_kafka / file errors)
+    │   ├── InputFileError     an input file that cannot be read (missing, unreadable, bad format)
+    │   └── BrokerUnreachable  the Kafka cluster did not answer a metadata request
     ├── SinkError              the output side failed (wraps confluent_kafka errors)
     │   └── FencedError        a newer instance owns our transactional id: stop at once
     └── BrokerError            the embedded test/demo broker could not be started
@@ -49,6 +51,14 @@ class CheckpointNotFound(SnapshotError):
 
 class SourceError(StreamAEError):
     """The input side failed."""
+
+
+class InputFileError(SourceError):
+    """An input file that cannot be read: missing, unreadable, or of an unknown format."""
+
+
+class BrokerUnreachable(SourceError):
+    """The Kafka cluster did not answer (wrong address, down, or a network/TLS problem)."""
 
 
 class SinkError(StreamAEError):

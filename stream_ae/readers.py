@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from stream_ae.errors import ConfigError, SourceError
+from stream_ae.errors import ConfigError, InputFileError, SourceError
 from stream_ae.records import F64, I64, Batch, Bool
 
 Format = Literal["csv", "jsonl", "parquet"]
@@ -108,7 +108,7 @@ def detect_format(path: pathlib.Path) -> Format:
     """
     fmt = _SUFFIXES.get(path.suffix.lower())
     if fmt is None:
-        raise ConfigError(f"cannot tell the format of {path}: use .csv, .jsonl or .parquet")
+        raise InputFileError(f"cannot tell the format of {path}: use .csv, .jsonl or .parquet")
     return fmt
 
 
@@ -186,7 +186,10 @@ class TableReader:
 
     def size_bytes(self) -> int:
         """Size of the input file, for progress bars."""
-        return self.path.stat().st_size
+        try:
+            return self.path.stat().st_size
+        except OSError as exc:
+            raise InputFileError(f"cannot read {self.path}: {exc}") from exc
 
     def __iter__(self) -> Iterator[Chunk]:
         fmt = self.fmt or detect_format(self.path)
@@ -198,7 +201,7 @@ class TableReader:
                     self._roles = resolve_columns(raw.frame, self.columns)
                 yield columnize(raw, self._roles)
         except OSError as exc:
-            raise SourceError(f"cannot read {self.path}: {exc}") from exc
+            raise InputFileError(f"cannot read {self.path}: {exc}") from exc
 
     def _csv_chunks(self) -> Iterator[_RawChunk]:
         with self.path.open(newline="", encoding="utf-8", errors="replace") as fh:
@@ -216,7 +219,7 @@ class TableReader:
         try:
             pf = pq.ParquetFile(self.path)
         except Exception as exc:  # pyarrow raises ArrowInvalid / OSError subclasses
-            raise SourceError(f"cannot read parquet file {self.path}: {exc}") from exc
+            raise InputFileError(f"cannot read parquet file {self.path}: {exc}") from exc
         total, row = pf.metadata.num_rows, 0
         size = self.size_bytes()
         for rb in pf.iter_batches(batch_size=self.chunk_rows):

@@ -27,7 +27,7 @@ from confluent_kafka import (
 )
 
 from stream_ae.config import KafkaConfig
-from stream_ae.errors import SourceError
+from stream_ae.errors import BrokerUnreachable, SourceError
 from stream_ae.records import Headers, RawMessage, SourcePosition
 from stream_ae.serde import LazyColumn, RawBlock
 
@@ -72,6 +72,26 @@ def consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
         "fetch.wait.max.ms": 50,
         **client_config(kafka),
     }
+
+
+def probe_broker(kafka: KafkaConfig, timeout: float = 10.0) -> None:
+    """Ask the cluster for its metadata once: ``BrokerUnreachable`` when no answer comes in
+    ``timeout`` seconds. A start-up check for the CLI (a running service rides out outages
+    by restarting from its checkpoints; a wrong address at start is an operator's error)."""
+    conf = {**client_config(kafka), "group.id": kafka.group_id, "log_level": 0,
+            "error_cb": lambda err: None}  # the exception below says it once
+    try:
+        consumer = Consumer(conf)
+    except KafkaException as exc:
+        raise SourceError(f"cannot create consumer: {exc}") from exc
+    try:
+        consumer.list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise BrokerUnreachable(f"no answer from {kafka.bootstrap_servers} within "
+                                f"{timeout:g} s ({exc.args[0].str() if exc.args else exc})"
+                                ) from exc
+    finally:
+        consumer.close()
 
 
 class ErrorLog:
