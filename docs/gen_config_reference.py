@@ -44,7 +44,11 @@ Settings come from three layers; a later layer wins:
 1. the defaults below;
 2. a YAML or TOML file given with `--config FILE` (keys are the dotted paths below, nested);
 3. environment variables: `STREAM_AE_` + the dotted path in upper case with `__` between
-   levels, e.g. `engine.threshold.q` is `STREAM_AE_ENGINE__THRESHOLD__Q`.
+   levels, e.g. `engine.threshold.q` is `STREAM_AE_ENGINE__THRESHOLD__Q`;
+4. `--set dotted.path=value` on `stream-ae run`, `backtest`, `demo` and `config show`
+   (repeatable; the value is read as YAML: `--set engine.model.hidden=[32,16]`).
+
+`stream-ae config init [PATH]` writes a commented starter file with every default.
 
 In the environment, `kafka.input_topics` and `engine.features.names` take a comma-separated
 string (`a,b,c`); other lists and mappings take JSON (`[32, 16]`, `{"linger.ms": "5"}`).
