@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint bench quality demo clean
+.PHONY: setup test test-fast lint docs docs-serve bench quality demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -30,6 +30,12 @@ lint: setup
 	$(BIN)/ruff check stream_ae tests benchmarks
 	$(BIN)/mypy
 
+docs: setup  ## the documentation site (mkdocs, API reference from the docstrings) into site/
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: setup  ## the documentation site with live reload on http://127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 bench: setup  ## throughput benchmarks (tables on stdout)
 	$(BIN)/python benchmarks/engine_throughput.py
 
@@ -40,4 +46,4 @@ demo: setup  ## the main job: the demo with its embedded broker
 	$(BIN)/stream-ae demo
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site
