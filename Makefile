@@ -27,7 +27,7 @@ test-fast: setup  ## everything but the broker tests
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check stream_ae tests benchmarks
+	$(BIN)/ruff check stream_ae tests benchmarks docs
 	$(BIN)/mypy
 
 docs: setup  ## the documentation site (mkdocs, API reference from the docstrings) into site/
