@@ -152,3 +152,19 @@ def test_it_composes_in_river_pipelines_and_filters() -> None:
         decisions.append(model[-1].classify(model.score_one(x)))
         model.learn_one(x)
     assert 0 < sum(decisions[100:]) < 50
+
+
+def test_river_evaluate_progressive_val_score_runs_it_prequentially() -> None:
+    from river import evaluate, metrics
+    from sklearn.metrics import roc_auc_score
+
+    stream = _Stream(400, seed=3).rows
+    auc = evaluate.progressive_val_score(stream, AutoencoderDetector(warmup=60),
+                                         metrics.RollingROCAUC(window_size=1000))
+    det, scores = AutoencoderDetector(warmup=60), []
+    for x, _ in stream:
+        scores.append(det.score_one(x))
+        det.learn_one(x)
+    labels = [y for _, y in stream]
+    assert auc.get() == pytest.approx(roc_auc_score(labels, scores))
+    assert auc.get() > 0.8
