@@ -1,8 +1,8 @@
 """The ``stream-ae`` command line: thin commands, wiring only.
 
 Each command parses its options, loads ``Settings`` (file < environment < ``--set``),
-configures logging once and hands over to the module that does the work (runner,
-backtest, demo, ...). :func:`main` turns the errors users cause into distinct exit codes
+configures logging once and hands over to the module that does the work (service,
+backtest, apps, ...). :func:`main` turns the errors users cause into distinct exit codes
 (``EXIT_CODES``) with a one-line message; nothing here imports torch.
 """
 
@@ -109,8 +109,7 @@ def config_show(config: ConfigOpt = None, sets: SetOpt = None) -> None:
     typer.echo(yaml.safe_dump(data, sort_keys=False))
 
 
-# --- commands filled in by their modules' owners -----------------------------------------
-# run (runner.py), backtest (backtest.py), demo / simulate (demo.py, simulate.py),
+# --- commands: run (service/), backtest (backtest/), demo / simulate (apps/),
 # schema alert (schema.py), checkpoint inspect (checkpoint.py)
 
 
@@ -147,13 +146,9 @@ def backtest_cmd(
 
     Example: stream-ae backtest data.csv --label-column label --set engine.features.lags=8
     """
-    import os
-
-    # one torch thread is faster for this small model (PERFORMANCE_NOTES: 14k vs 8.6k
-    # records/s here); must precede the first torch import
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     from stream_ae import backtest as bt
-    from stream_ae.readers import Columns
+    from stream_ae.backtest.console import print_summary
+    from stream_ae.sources.files import Columns
     from stream_ae.sources.replay import parse_end, parse_start
 
     names = tuple(f.strip() for f in (features or "").split(",") if f.strip())
@@ -171,7 +166,7 @@ def backtest_cmd(
                                        not no_progress)
     else:
         raise typer.BadParameter("give an INPUT file or --topic")
-    bt.print_summary(summary)
+    print_summary(summary)
 
 
 @app.command("simulate")
@@ -195,7 +190,7 @@ def simulate_cmd(
     seed: int = 0,
 ) -> None:
     """Simulate correlated sensors with labelled anomalies and a drift: to a file or a topic."""
-    from stream_ae import simulate as sim
+    from stream_ae.apps import simulate as sim
 
     cfg = sim.SimulationConfig(devices=devices, interval_s=interval, day_s=day, seed=seed,
                                anomalies_after=anomalies_after, drift_at=drift_at)
@@ -225,12 +220,10 @@ def demo_cmd(
 
     Example: stream-ae demo --duration 30 --set engine.threshold.q=0.995
     """
-    import os
 
     from rich.console import Console
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # see backtest_cmd
-    from stream_ae import demo
+    from stream_ae.apps import demo
 
     overrides = parse_overrides(sets or ())
     with_overrides(Settings(), overrides)  # a bad --set fails now, not in the service
@@ -257,12 +250,14 @@ def run_cmd(
 
     Example: stream-ae run -c service.yaml --set kafka.bootstrap_servers=broker:9092
     """
-    from stream_ae.runner import run_service
+    import functools
+
+    from stream_ae.service.main import kafka_loop, run_service
     from stream_ae.sources.kafka import probe_broker
 
     settings = _settings(config, sets)
     probe_broker(settings.kafka)  # a wrong address is an error now, not a silent retry loop
-    run_service(settings, decisions_topic)
+    run_service(settings, build=functools.partial(kafka_loop, decisions_topic=decisions_topic))
 
 
 @schema_app.command("alert")
@@ -308,6 +303,11 @@ def exit_code(exc: StreamAEError) -> tuple[int, str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script: run a command; a stream_ae error exits with its code."""
+    import os
+
+    # one torch thread: faster for this small model and leaves a core to librdkafka
+    # (PERFORMANCE_NOTES); set before any command imports torch
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         app(args=list(argv) if argv is not None else None, prog_name="stream-ae")
     except StreamAEError as exc:

@@ -96,12 +96,12 @@ def test_backtest_run_and_demo_take_set(monkeypatch: pytest.MonkeyPatch,
     seen: dict[str, Any] = {}
     monkeypatch.setattr("stream_ae.backtest.run_file_backtest",
                         lambda settings, *a: seen.setdefault("backtest", settings))
-    monkeypatch.setattr("stream_ae.backtest.print_summary", lambda summary: None)
+    monkeypatch.setattr("stream_ae.backtest.console.print_summary", lambda summary: None)
     monkeypatch.setattr("stream_ae.sources.kafka.probe_broker", lambda kafka: None)
-    monkeypatch.setattr("stream_ae.runner.run_service",
-                        lambda settings, topic: seen.setdefault("run", settings))
-    monkeypatch.setattr("stream_ae.demo.run_demo", lambda opts: seen.setdefault("demo", opts))
-    monkeypatch.setattr("stream_ae.demo.summary_table", lambda summary: "")
+    monkeypatch.setattr("stream_ae.service.main.run_service",
+                        lambda settings, build: seen.setdefault("run", settings))
+    monkeypatch.setattr("stream_ae.apps.demo.run_demo", lambda opts: seen.setdefault("demo", opts))
+    monkeypatch.setattr("stream_ae.apps.demo.summary_table", lambda summary: "")
     r1 = invoke("backtest", str(SAMPLE), "--set", "engine.features.lags=8", "--warmup-rows",
                 "300")
     r2 = invoke("run", "--set", "kafka.group_id=plant-7", "--set", "engine.drift.detector=none")
