@@ -98,6 +98,10 @@ def process(args: list[str], log: pathlib.Path) -> Iterator[subprocess.Popen[byt
             proc.wait(10)
 
 
+def records_in(prom: Prom) -> list[float]:
+    return [float(r["value"][1]) for r in prom.query("sum(stream_ae_records_in_total)")]
+
+
 def prometheus_config(tmp: pathlib.Path, metrics_port: int) -> pathlib.Path:
     cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
            "rule_files": [str(RULES)],
@@ -116,8 +120,9 @@ def test_prometheus_scrapes_the_service_and_every_dashboard_query_returns_data(
                          metrics={"enabled": True, "host": "127.0.0.1", "port": metrics_port},
                          engine={"regime": {"run_length": 100}})
     data = {p: shifted(p) for p in (0, 1)}
+    half = N // 2
     for p, values in data.items():
-        produce(bootstrap, topics["in"], p, values)
+        produce(bootstrap, topics["in"], p, values[:half])
     prom = Prom(web_port)
     service_args = [sys.executable, "-m", "stream_ae.cli", "run", "-c",
                     str(write_config(cfg, tmp_path / "service.yaml"))]
@@ -126,12 +131,13 @@ def test_prometheus_scrapes_the_service_and_every_dashboard_query_returns_data(
                  f"--web.listen-address=127.0.0.1:{web_port}", "--log.level=warn"]
     with process(prom_args, tmp_path / "prometheus.log"), \
             process(service_args, tmp_path / "service.log") as service:
+        # the first half scraped before the second is produced: rate() sees the counter move
+        prom.wait("records_in reaching the first half", lambda: records_in(prom) == [2.0 * half])
+        for p, values in data.items():
+            produce(bootstrap, topics["in"], p, values[half:])
         wait_committed(bootstrap, cfg["kafka"]["group_id"], topics["in"], [N, N],
                        alive=lambda: service.poll() is None)
-        # every record counted in a scrape, and two scrapes since: rate() has two samples
-        prom.wait("records_in reaching the produced count",
-                  lambda: [float(r["value"][1]) for r in
-                           prom.query("sum(stream_ae_records_in_total)")] == [2.0 * N])
+        prom.wait("records_in reaching the produced count", lambda: records_in(prom) == [2.0 * N])
         time.sleep(2.5)
         assert [r["value"][1] for r in prom.query('up{job="stream-ae"}')] == ["1"]
         empty = [(title, expr) for title, expr in dashboard_queries() if not prom.query(expr)]
