@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
 
@@ -76,3 +79,78 @@ def safe_end(keys: Sequence[str], start: int, known: Container[str], size: int,
                 return max(i, start + 1)
             new.add(k)
     return len(keys)
+
+
+class KeyColumns:
+    """An LRU of keys, each owning one row of ``n_cols`` float64 columns.
+
+    >>> t = KeyColumns(2, max_keys=2)
+    >>> t.put(["a", "b"], np.array([[1.0, 2.0], [3.0, 4.0]]))
+    >>> t.put(["c"], np.array([[5.0, 6.0]]))  # evicts "a", the least recently put
+    >>> (t.keys(), t.rows(["a", "c"]).tolist())
+    (['b', 'c'], [[0.0, 0.0], [5.0, 6.0]])
+    """
+
+    def __init__(self, n_cols: int, max_keys: int) -> None:
+        self.n_cols = n_cols
+        self.max_keys = max_keys
+        self._slot: OrderedDict[str, int] = OrderedDict()
+        self._data = np.zeros((0, n_cols))
+        self._free: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._slot)
+
+    def keys(self) -> list[str]:
+        """Keys, least recently put first."""
+        return list(self._slot)
+
+    def slots(self, uniq: Sequence[str]) -> I64:
+        """Each key's row in the storage, -1 for keys not held."""
+        return np.fromiter((self._slot.get(k, -1) for k in uniq), np.int64, len(uniq))
+
+    def rows(self, uniq: Sequence[str]) -> F64:
+        """Each key's row (zeros for keys not held), a copy."""
+        s = self.slots(uniq)
+        out = np.zeros((len(uniq), self.n_cols))
+        out[s >= 0] = self._data[s[s >= 0]]
+        return out
+
+    def put(self, keys: Sequence[str], rows: F64) -> None:
+        """Store rows for keys (distinct), most recent last, then evict down to ``max_keys``."""
+        s = self.slots(keys)
+        for i in np.flatnonzero(s < 0):
+            s[i] = self._allocate()
+        self._data[s] = rows
+        for k, slot in zip(keys, s.tolist(), strict=True):
+            self._slot[k] = slot
+            self._slot.move_to_end(k)
+        while len(self._slot) > self.max_keys:
+            self._free.append(self._slot.popitem(last=False)[1])
+
+    def pop(self, key: str) -> None:
+        """Forget one key."""
+        slot = self._slot.pop(key, None)
+        if slot is not None:
+            self._free.append(slot)
+
+    def _allocate(self) -> int:
+        if not self._free:
+            old = self._data.shape[0]
+            grown = np.zeros((max(8, 2 * old), self.n_cols))
+            grown[:old] = self._data
+            self._data = grown
+            self._free = list(range(grown.shape[0] - 1, old - 1, -1))
+        return self._free.pop()
+
+    def get_state(self) -> dict[str, Any]:
+        """Plain data: keys, least recently put first, and their rows."""
+        keys = self.keys()
+        return {"keys": keys, "rows": self.rows(keys)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_state` returned."""
+        self._slot, self._data, self._free = OrderedDict(), np.zeros((0, self.n_cols)), []
+        keys = [str(k) for k in state["keys"]]
+        if keys:
+            self.put(keys, np.asarray(state["rows"], dtype=np.float64).reshape(-1, self.n_cols))
