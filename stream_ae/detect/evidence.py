@@ -37,6 +37,7 @@ I64 = npt.NDArray[np.int64]
 
 _SCALE = float(2**20)
 _P_MIN = 1e-300
+_CAP_INF = 2**62  # beyond any sum of 2e6 surprises of at most 691 (in 2**-20 units)
 
 
 def _gamma(k: float) -> float:
@@ -80,16 +81,23 @@ def threshold_for_rate(k: float, rate: float) -> float:
 class EvidenceAccumulator:
     """One-sided CUSUM of ``-ln p - k`` per key, vectorised over a batch.
 
-    ``update(keys, p)`` advances each key row by row (``S_t = max(0, S_{t-1} - ln p_t - k)``)
-    and returns ``S_t`` per row; NaN ``p`` leaves ``S`` as it is, ``p`` is clipped to
-    ``[1e-300, 1]``. Per key the batch is one cumulative sum: ``S_t = C_t - min(-S_0,
-    min_{j<=t} C_j)`` (Lindley). Keys are kept in an LRU of ``max_keys`` (least recently
+    ``update(keys, p)`` advances each key row by row
+    (``S_t = min(cap, max(0, S_{t-1} - ln p_t - k))``) and returns ``S_t`` per row; NaN ``p``
+    leaves ``S`` as it is, ``p`` is clipped to ``[1e-300, 1]``. Per key the batch is one
+    cumulative sum, ``S_t = C_t - min(-S_0, min_{j<=t} C_j)`` (Lindley), between visits of
+    the cap. Keys are kept in an LRU of ``max_keys`` (least recently
     updated evicted first; an evicted key restarts at 0).
 
     Parameters
     ----------
     k
         Reference value: rows with ``p >= e^-k`` only decay the evidence.
+    cap
+        Ceiling of ``S`` (``inf``: none). Without one, a burst of extreme rows (``-ln p`` up
+        to 690 each) leaves ``S`` so high that it takes thousands of normal rows (``-1`` a
+        row on average for ``k = 2``) to come back under the threshold; with 30 (2.6 times
+        the ``h`` of 1e-5 for ``k = 2``) about 20. The ceiling changes the null up-crossing
+        rate of an ``h`` below it by ``O(e^{-gamma (cap - h)})`` only.
     max_keys
         Keys whose ``S`` is kept.
 
@@ -104,8 +112,9 @@ class EvidenceAccumulator:
     (0.5, 0.0)
     """
 
-    def __init__(self, k: float = 2.0, max_keys: int = 100_000) -> None:
+    def __init__(self, k: float = 2.0, cap: float = 30.0, max_keys: int = 100_000) -> None:
         self.k = k
+        self.cap = cap
         self.max_keys = max_keys
         self._s: OrderedDict[str, int] = OrderedDict()
 
@@ -139,10 +148,8 @@ class EvidenceAccumulator:
         ids, uniq = encode(keys)
         s0 = np.fromiter((self._s.get(k, 0) for k in uniq), np.int64, len(uniq))
         seg = segments(ids, len(uniq))
-        kid = ids[seg.order]
-        c = np.cumsum(d[seg.order])
-        c -= (c[seg.start] - d[seg.order][seg.start])[kid]  # cumulative sum within each key
-        s_sorted = c - np.minimum(-s0[kid], _segment_cummin(c, kid, seg.start))
+        cap = _CAP_INF if math.isinf(self.cap) else round(self.cap * _SCALE)
+        s_sorted = _reflected(d[seg.order], seg.start, seg.count, np.minimum(s0, cap), cap)
         out = np.empty_like(s_sorted)
         out[seg.order] = s_sorted
         final = s_sorted[seg.start + seg.count - 1]
@@ -166,6 +173,48 @@ class EvidenceAccumulator:
         """Restore what :meth:`get_state` returned."""
         s = np.asarray(state["s"], dtype=np.int64)
         self._s = OrderedDict((str(k), int(s[i])) for i, k in enumerate(state["keys"]))
+
+
+def _lindley(d: I64, first: I64, sid: I64, s0: I64) -> I64:
+    """``S_t = max(0, S_{t-1} + d_t)`` on consecutive segments starting at ``first`` (``sid``:
+    each row's segment), by the identity ``S_t = C_t - min(-S_0, min_{j<=t} C_j)``."""
+    c = np.cumsum(d)
+    c -= (c[first] - d[first])[sid]  # cumulative sum within each segment
+    out: I64 = c - np.minimum(-s0[sid], _segment_cummin(c, sid, first))
+    return out
+
+
+def _reflected(d: I64, start: I64, count: I64, s0: I64, cap: int) -> I64:
+    """``S_t = min(cap, max(0, S_{t-1} + d_t))`` per segment (rows sorted by segment), exact.
+
+    Between two visits of a boundary the walk is reflected at one side only: from 0 up to
+    ``cap`` it is Lindley's ``S``; from ``cap`` down to 0 it is ``cap - D`` with ``D`` Lindley's
+    process of ``-d``. Each pass runs every unfinished segment in its regime to its first
+    crossing of the other boundary, so the passes number the regime switches (two per
+    excursion from 0 to the cap and back: rare), not the rows.
+    """
+    out = np.empty_like(d)
+    b, end, prev = start.copy(), start + count, s0.copy()  # prev: S (low regime) or cap - S
+    upper = np.zeros(start.size, dtype=np.bool_)
+    live = np.flatnonzero(b < end)
+    while live.size:
+        lengths = end[live] - b[live]
+        first = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        sid = np.repeat(np.arange(live.size), lengths)
+        rank = np.arange(sid.size) - first[sid]
+        idx = b[live][sid] + rank
+        up = upper[live]
+        v = _lindley(np.where(up[sid], -d[idx], d[idx]), first, sid, prev[live])
+        stop = np.minimum.reduceat(np.where(v > cap, rank, lengths[sid]), first)
+        keep = rank < stop[sid]
+        out[idx[keep]] = np.where(up[sid], cap - v, v)[keep]
+        hit = stop < lengths
+        out[b[live][hit] + stop[hit]] = np.where(up[hit], 0, cap)  # where the regime switches
+        b[live] = np.where(hit, b[live] + stop + 1, end[live])
+        prev[live[hit]] = 0
+        upper[live[hit]] = ~up[hit]
+        live = live[b[live] < end[live]]
+    return out
 
 
 def _segment_cummin(c: I64, kid: I64, start: I64) -> I64:

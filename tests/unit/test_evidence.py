@@ -11,14 +11,15 @@ import pytest
 from stream_ae.detect.evidence import EvidenceAccumulator, threshold_for_rate
 
 
-def cusum_oracle(keys: list[str], p: np.ndarray, k: float, max_keys: int) -> np.ndarray:
+def cusum_oracle(keys: list[str], p: np.ndarray, k: float, max_keys: int,
+                 cap: float = math.inf) -> np.ndarray:
     """The textbook recursion, one row at a time, with an LRU of max_keys."""
     s: OrderedDict[str, float] = OrderedDict()
     out = np.empty(len(keys))
     for i, key in enumerate(keys):
         prev = s.pop(key, 0.0)
         x = 0.0 if math.isnan(p[i]) else -math.log(min(1.0, max(1e-300, p[i]))) - k
-        s[key] = prev if math.isnan(p[i]) else max(0.0, prev + x)
+        s[key] = prev if math.isnan(p[i]) else min(cap, max(0.0, prev + x))
         while len(s) > max_keys:
             s.popitem(last=False)
         out[i] = s[key]
@@ -30,10 +31,20 @@ def test_vectorised_equals_the_recursion_over_many_keys() -> None:
     keys = [f"k{i}" for i in rng.integers(0, 7, 3000)]
     p = rng.uniform(size=3000) ** 3  # surprising enough for S to grow and fall
     p[rng.integers(0, 3000, 50)] = np.nan
-    ev = EvidenceAccumulator(k=2.0)
+    ev = EvidenceAccumulator(k=2.0, cap=math.inf)
     got = ev.update(keys, p)
     np.testing.assert_allclose(got, cusum_oracle(keys, p, 2.0, 10**6), atol=1e-4)
-    assert got.max() > 20.0  # the data exercises large excursions
+    assert got.max() > 40.0  # the data exercises large excursions
+    capped = EvidenceAccumulator(k=2.0, cap=12.0).update(keys, p)
+    np.testing.assert_allclose(capped, cusum_oracle(keys, p, 2.0, 10**6, cap=12.0), atol=1e-4)
+    assert (capped == 12.0).sum() > 100 and (capped == 0.0).sum() > 20  # both walls visited
+
+
+def test_the_cap_lets_evidence_fall_soon_after_a_burst() -> None:
+    p = np.concatenate([np.full(100, 1e-300), np.full(30, math.exp(-1.0))])  # burst, then -1/row
+    s = EvidenceAccumulator(k=2.0, cap=30.0).update(["a"] * 130, p)
+    assert s[:100].tolist() == [30.0] * 100
+    assert s[100:].round(6).tolist() == [29.0 - i for i in range(30)][:30]
 
 
 def test_lru_evicts_the_least_recently_updated_key() -> None:
