@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -65,7 +66,8 @@ class TailCalibrator:
     the window holds ``min_count``): ``t`` = the ``1 - tail_fraction`` quantile of the
     window, ``scipy.stats.genpareto.fit(u[u > t] - t, floc=0)`` (MLE, started from the
     previous fit), an exponential tail (``xi = 0``) if that fails, no parametric tail (the
-    empirical one) with fewer than ``min_excesses`` excesses.
+    empirical one) with fewer than ``min_excesses`` excesses. A fitted ``xi < 0`` (a finite
+    end point) is continued exponentially past the largest excess (see ``_Tail``).
 
     ``survival(keys, scores)`` has no side effects: ``(#{window > u} + 1) / (n + 1)`` for
     ``u <= t``, ``(#{window > t} + 1) / (n + 1) * genpareto.sf(u - t, xi, 0, sigma)`` above
@@ -81,7 +83,8 @@ class TailCalibrator:
         New values between two tail fits (a GPD fit of 400 excesses costs about 11 ms of CPU,
         so 16,384 keeps the fits at 0.15 s per 200k normal records).
     min_count
-        Values needed before ``is_warm`` (and the first fit).
+        Values needed before ``is_warm`` (and the first fit): 5000 leave 100 excesses; with
+        40 (2000 values) ``xi`` is too loose to read p-values of 1e-6 from.
     min_excesses
         Excesses needed for a parametric tail.
     key_halflife
@@ -115,7 +118,7 @@ class TailCalibrator:
         window: int = 20_000,
         tail_fraction: float = 0.02,
         refit_every: int = 16_384,
-        min_count: int = 2000,
+        min_count: int = 5000,
         min_excesses: int = 30,
         key_halflife: float = 500.0,
         key_min_count: int = 50,
@@ -136,7 +139,7 @@ class TailCalibrator:
         self._count = 0
         self._sorted: F64 = np.zeros(0)
         self._since_fit = 0
-        self._fit: tuple[str, float, float, float] = (_NO_TAIL, math.nan, 0.0, math.nan)
+        self._fit = _Tail(_NO_TAIL, math.nan, math.nan, math.nan, math.nan)
         self._fitted = False
         self._pool = (0.0, 0.0)  # exponentially weighted sum of z and of weights
         self._keys = KeyColumns(3, max_keys)  # per key: weighted sums of z and weights, count
@@ -150,16 +153,24 @@ class TailCalibrator:
     @property
     def tail_kind(self) -> str:
         """``"gpd"``, ``"exp"`` (the fallback) or ``"empirical"`` (no parametric tail)."""
-        return self._fit[0]
+        return self._fit.kind
 
     @property
     def tail_params(self) -> tuple[float, float, float]:
         """``(t, xi, sigma)`` of the last fit, on the normalised scale (NaN before it)."""
-        return self._fit[1], self._fit[2], self._fit[3]
+        return self._fit.t, self._fit.xi, self._fit.sigma
 
     def values(self) -> F64:
         """The normalised values in the window, ascending (a copy)."""
         return self._sorted.copy()
+
+    def has_level(self, keys: Sequence[str]) -> npt.NDArray[np.bool_]:
+        """Whether each key is normalised by its own level (``key_min_count`` records learned);
+        the others are read on the pooled level, which can be far from theirs: rows of such a
+        key are better learned from than flagged (else a loud new key never gets a level)."""
+        ids, uniq = encode(keys)
+        own: npt.NDArray[np.bool_] = self._keys.rows(uniq)[:, 2] >= max(1, self.key_min_count)
+        return own[ids]
 
     def levels(self, keys: Sequence[str]) -> F64:
         """The level each key's ``log(score)`` is normalised by (no side effects)."""
@@ -175,11 +186,11 @@ class TailCalibrator:
             u = np.log(s) - self.levels(keys)
         n = self._sorted.size
         p = (n - np.searchsorted(self._sorted, u, side="right") + 1) / (n + 1.0)
-        kind, t, xi, sigma = self._fit
-        if kind != _NO_TAIL:
-            above = u > t
+        fit = self._fit
+        if fit.kind != _NO_TAIL:
+            above = u > fit.t
             if above.any():
-                p[above] = self._frac_above(t) * stats.genpareto.sf(u[above] - t, xi, 0, sigma)
+                p[above] = self._frac_above(fit.t) * fit.sf(u[above] - fit.t)
         out = np.clip(p, P_MIN, 1.0)
         out[np.isnan(u)] = np.nan
         return out
@@ -195,11 +206,11 @@ class TailCalibrator:
         m = np.floor(pv * (n + 1.0) - 1.0 + 1e-9)  # values above allowed
         idx = np.clip(n - 1 - np.nan_to_num(m), 0, n - 1).astype(np.int64)
         u = np.where(m >= n, -math.inf, np.where(m < 0, math.inf, self._sorted[idx]))
-        kind, t, xi, sigma = self._fit
-        if kind != _NO_TAIL:
-            frac = self._frac_above(t)
+        fit = self._fit
+        if fit.kind != _NO_TAIL:
+            frac = self._frac_above(fit.t)
             tail = pv < frac
-            u[tail] = t + stats.genpareto.isf(pv[tail] / frac, xi, 0, sigma)
+            u[tail] = fit.t + fit.isf(pv[tail] / frac)
         with np.errstate(over="ignore"):
             out: F64 = np.exp(u + self.levels(keys))
         out[np.isnan(pv)] = np.nan
@@ -288,10 +299,10 @@ class TailCalibrator:
         t = float(np.quantile(live, 1.0 - self.tail_fraction))
         exc = live[live > t] - t
         if exc.size < self.min_excesses:
-            self._fit = (_NO_TAIL, t, math.nan, math.nan)
+            self._fit = _Tail(_NO_TAIL, t, math.nan, math.nan, math.nan)
             return
-        kind, _, xi0, sigma0 = self._fit
-        self._fit = _fit_tail(exc, t, (xi0, sigma0) if kind == "gpd" else None)
+        old = self._fit
+        self._fit = _fit_tail(exc, t, (old.xi, old.sigma) if old.kind == "gpd" else None)
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:
@@ -300,7 +311,8 @@ class TailCalibrator:
                   else np.concatenate([self._buf[self._pos :], self._buf[: self._pos]]))
         keys = self._keys.get_state()
         return {"window": window, "since_fit": self._since_fit, "fitted": self._fitted,
-                "fit_kind": self._fit[0], "fit": list(self._fit[1:]), "pool": list(self._pool),
+                "fit_kind": self._fit.kind, "pool": list(self._pool),
+                "fit": [self._fit.t, self._fit.xi, self._fit.sigma, self._fit.ymax],
                 "keys": keys["keys"], "key_sums": keys["rows"]}
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -311,8 +323,8 @@ class TailCalibrator:
         if window.size:
             self._push(window)
         self._since_fit, self._fitted = int(state["since_fit"]), bool(state["fitted"])
-        t, xi, sigma = (float(v) for v in state["fit"])
-        self._fit = (str(state["fit_kind"]), t, xi, sigma)
+        t, xi, sigma, ymax = (float(v) for v in state["fit"])
+        self._fit = _Tail(str(state["fit_kind"]), t, xi, sigma, ymax)
         self._pool = (float(state["pool"][0]), float(state["pool"][1]))
         self._keys = KeyColumns(3, self.max_keys)
         self._keys.set_state({"keys": state["keys"], "rows": state["key_sums"]})
@@ -341,9 +353,46 @@ def _ewma(m: float, w: float, z: F64, halflife: float) -> tuple[float, float]:
     return fade * m + float(wt @ z), fade * w + float(wt.sum())
 
 
-def _fit_tail(exc: F64, t: float, start: tuple[float, float] | None) -> tuple[
-    str, float, float, float
-]:
+@dataclass(frozen=True, slots=True)
+class _Tail:
+    """The fitted tail above ``t``: conditional survival of an excess ``y``.
+
+    A GPD with ``xi < 0`` ends at ``sigma / -xi``: scores past it would get ``p = 0`` (grade 1
+    for a value merely beyond a short window's guess of the end). Past the largest excess of
+    the fit, ``ymax``, the tail goes on exponentially with the GPD's hazard at ``ymax`` (the
+    same survival and density there), so nothing observable is impossible.
+    """
+
+    kind: str
+    t: float
+    xi: float
+    sigma: float
+    ymax: float
+
+    def _join(self) -> tuple[float, float] | None:
+        if not (self.xi < 0 and math.isfinite(self.ymax)):
+            return None
+        return (float(stats.genpareto.sf(self.ymax, self.xi, 0, self.sigma)),
+                1.0 / (self.sigma + self.xi * self.ymax))
+
+    def sf(self, y: F64) -> F64:
+        out: F64 = stats.genpareto.sf(y, self.xi, 0, self.sigma)
+        join = self._join()
+        if join is not None:
+            beyond = y > self.ymax
+            out[beyond] = join[0] * np.exp(-(y[beyond] - self.ymax) * join[1])
+        return out
+
+    def isf(self, q: F64) -> F64:
+        out: F64 = stats.genpareto.isf(q, self.xi, 0, self.sigma)
+        join = self._join()
+        if join is not None:
+            beyond = q < join[0]
+            out[beyond] = self.ymax + np.log(join[0] / q[beyond]) / join[1]
+        return out
+
+
+def _fit_tail(exc: F64, t: float, start: tuple[float, float] | None) -> _Tail:
     """GPD by MLE (``floc=0``, from ``start`` when given); exponential when that fails."""
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -355,6 +404,6 @@ def _fit_tail(exc: F64, t: float, start: tuple[float, float] | None) -> tuple[
     except (ValueError, RuntimeError, FloatingPointError):
         xi, sigma = math.nan, math.nan
     if math.isfinite(xi) and math.isfinite(sigma) and sigma > 0:
-        return ("gpd", t, float(xi), float(sigma))
+        return _Tail("gpd", t, float(xi), float(sigma), float(exc.max()))
     _, scale = stats.expon.fit(exc, floc=0)
-    return ("exp", t, 0.0, float(scale))
+    return _Tail("exp", t, 0.0, float(scale), float(exc.max()))

@@ -19,6 +19,7 @@ CHI2_6: Gen = lambda r, n: r.chisquare(6, n) / 6  # noqa: E731  MSE over 6 Gauss
 
 
 def warm(gen: Gen, seed: int, n: int = 20_000, **kw: float) -> TailCalibrator:
+    kw.setdefault("min_count", 2000)
     cal = TailCalibrator(**kw)  # type: ignore[arg-type]
     cal.update(["a"] * n, gen(np.random.default_rng(seed), n))
     return cal
@@ -40,7 +41,13 @@ def test_survival_equals_a_reference_tail_fitted_with_scipy_on_the_same_window()
     n = u.size
     body = (n - np.searchsorted(u, uu, side="right") + 1) / (n + 1)
     frac = (np.sum(u > t) + 1) / (n + 1)
-    expected = np.where(uu > t, frac * stats.genpareto.sf(uu - t, xi, 0, sigma), body)
+    y, ymax = uu - t, float(np.max(u[u > t] - t))
+    tail = stats.genpareto.sf(y, xi, 0, sigma)
+    if xi < 0:  # past the largest excess: exponential with the GPD's hazard there
+        at = stats.genpareto.sf(ymax, xi, 0, sigma)
+        tail = np.where(y > ymax, at * np.exp(-(y - ymax) / (sigma + xi * ymax)), tail)
+    assert xi < 0 and np.sum(y > ymax) > 50  # the continuation is exercised
+    expected = np.where(uu > t, frac * tail, body)
     np.testing.assert_allclose(cal.survival(["a"] * 400, scores), np.clip(expected, 1e-300, 1),
                                rtol=2e-2)
     just = cal.survival(["a", "a"], np.exp(level + np.array([t, t + 1e-9])))  # continuous at t
