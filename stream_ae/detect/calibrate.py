@@ -372,11 +372,21 @@ class _Tail:
     def _join(self) -> tuple[float, float] | None:
         if not (self.xi < 0 and math.isfinite(self.ymax)):
             return None
-        return (float(stats.genpareto.sf(self.ymax, self.xi, 0, self.sigma)),
+        return (float(self._gpd_sf(np.array([self.ymax]))[0]),
                 1.0 / (self.sigma + self.xi * self.ymax))
 
+    def _gpd_sf(self, y: F64) -> F64:
+        """``scipy.stats.genpareto.sf(y, xi, 0, sigma)`` in closed form (scipy's generic
+        machinery costs ~0.4 ms a call, per block of rows)."""
+        if self.xi == 0.0:
+            return np.exp(-y / self.sigma)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            base = np.maximum(1.0 + self.xi * y / self.sigma, 0.0)
+            out: F64 = base ** (-1.0 / self.xi)
+        return out
+
     def sf(self, y: F64) -> F64:
-        out: F64 = stats.genpareto.sf(y, self.xi, 0, self.sigma)
+        out = self._gpd_sf(y)
         join = self._join()
         if join is not None:
             beyond = y > self.ymax
