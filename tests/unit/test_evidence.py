@@ -87,7 +87,7 @@ def test_up_crossing_rate_matches_the_target_on_iid_null(k: float, rate: float) 
     h = threshold_for_rate(k, rate)
     prev = np.concatenate([[0.0], s[:-1]])
     measured = float(((prev <= h) & (s > h)).sum()) / n
-    assert rate / 2 < measured < rate * 2, measured  # measured 0.98/0.96 (k=2), 1.01/0.93 (k=3)
+    assert rate / 2 < measured < rate * 2, measured  # measured x1.002/1.04 (k=2), 1.03/0.975 (k=3)
 
 
 def test_threshold_closed_form_and_its_domain() -> None:
