@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -15,15 +15,50 @@ I64 = npt.NDArray[np.int64]
 
 
 def encode(keys: Sequence[str]) -> tuple[I64, list[str]]:
-    """Integer ids in order of first appearance, and the distinct keys.
+    """Integer ids in order of first appearance, and the distinct keys (read from a
+    :class:`BatchKeys` as it is).
 
     >>> ids, uniq = encode(["b", "a", "b"])
     >>> (ids.tolist(), uniq)
     ([0, 1, 0], ['b', 'a'])
     """
+    if isinstance(keys, BatchKeys):
+        return keys.ids, keys.uniq
     index: dict[str, int] = {}
     ids = np.fromiter((index.setdefault(k, len(index)) for k in keys), np.int64, len(keys))
     return ids, list(index)
+
+
+class BatchKeys(Sequence[str]):
+    """A batch's keys encoded once: pass it instead of the list to every component of the
+    decision layer, and the per-row Python pass that maps keys to ids runs once, not once per
+    component call. It reads as the sequence of keys.
+
+    >>> bk = BatchKeys(["b", "a", "b"])
+    >>> (len(bk), bk[2], bk.ids.tolist(), bk.uniq, list(bk[1:]))
+    (3, 'b', [0, 1, 0], ['b', 'a'], ['a', 'b'])
+    """
+
+    __slots__ = ("ids", "keys", "uniq")
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = keys
+        self.ids, self.uniq = encode(keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        return self.keys[i]
+
+
+def n_distinct(keys: Sequence[str]) -> int:
+    """Distinct keys in a batch."""
+    return len(keys.uniq) if isinstance(keys, BatchKeys) else len(set(keys))
 
 
 @dataclass(frozen=True, slots=True)

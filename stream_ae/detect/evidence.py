@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize
 
-from stream_ae.detect._keys import encode, last_rows, safe_end, segments
+from stream_ae.detect._keys import encode, last_rows, n_distinct, safe_end, segments
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -135,11 +135,13 @@ class EvidenceAccumulator:
         d = np.where(nan, 0, xq.astype(np.int64) - round(self.k * _SCALE)).astype(np.int64)
         out = np.empty(pv.size, dtype=np.int64)
         start = 0
-        while start < len(keys):
-            end = len(keys)
-            if len(self._s) + len(set(keys)) > self.max_keys:
+        n = len(keys)
+        while start < n:
+            end = n
+            if len(self._s) + n_distinct(keys) > self.max_keys:
                 end = safe_end(keys, start, self._s, len(self._s), self.max_keys)
-            out[start:end] = self._advance(keys[start:end], d[start:end])
+            part = keys if (start, end) == (0, n) else keys[start:end]
+            out[start:end] = self._advance(part, d[start:end])
             start = end
         return out / _SCALE
 

@@ -148,7 +148,8 @@ class IncidentTracker:
             if end == start:  # row `start` opens an incident and the table is full
                 events.append(self._finish(next(iter(self._open)), "evicted", start))
                 end = self._safe_end(keys, flagged, start)
-            self._run(keys[start:end], rows, start, belong, events)
+            self._run(keys if (start, end) == (0, n) else keys[start:end], rows, start, belong,
+                      events)
             start = end
         events.sort(key=lambda u: u.row)  # stable: an eviction precedes the opening it allows
         return belong, events

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from stream_ae.detect import calibrate
+from stream_ae.detect import BatchKeys, calibrate
 from stream_ae.detect.calibrate import TailCalibrator, grade
 
 Gen = Callable[[np.random.Generator, int], np.ndarray]
@@ -186,3 +186,14 @@ def test_reset_key_rebases_the_level() -> None:
     assert 0.2 < cal.survival(["a"], [10.0])[0] < 0.8  # now the normal
     cal.reset_key("a", [np.nan, -1.0])
     assert cal.levels(["a"])[0] == cal.levels(["unseen"])[0]
+
+
+def test_batch_keys_give_the_same_results_as_the_list() -> None:
+    r = np.random.default_rng(12)
+    keys = [f"k{i}" for i in r.integers(0, 5, 6000)]
+    s = CHI2_6(r, 6000) * np.exp(r.integers(0, 5, 6000))
+    one, two = TailCalibrator(min_count=2000), TailCalibrator(min_count=2000)
+    one.update(keys, s)
+    two.update(BatchKeys(keys), s)
+    np.testing.assert_array_equal(two.survival(BatchKeys(keys), s), one.survival(keys, s))
+    np.testing.assert_array_equal(two.has_level(BatchKeys(keys)), one.has_level(keys))

@@ -8,6 +8,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 
+from stream_ae.detect import BatchKeys
 from stream_ae.detect.evidence import EvidenceAccumulator, threshold_for_rate
 
 
@@ -98,3 +99,13 @@ def test_threshold_closed_form_and_its_domain() -> None:
         threshold_for_rate(1.0, 1e-4)
     with pytest.raises(ValueError, match="rate must be"):
         threshold_for_rate(2.0, 0.5)
+
+
+def test_batch_keys_give_the_same_results_as_the_list() -> None:
+    rng = np.random.default_rng(9)
+    keys = [f"k{i}" for i in rng.integers(0, 9, 500)]
+    p = rng.uniform(size=500) ** 3
+    for max_keys in (100, 4):  # the fast path and the eviction path
+        want = EvidenceAccumulator(max_keys=max_keys).update(keys, p)
+        got = EvidenceAccumulator(max_keys=max_keys).update(BatchKeys(keys), p)
+        np.testing.assert_array_equal(got, want)

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from stream_ae.detect import BatchKeys
 from stream_ae.detect.incidents import IncidentTracker, IncidentUpdate
 
 NAMES = ["t", "p", "h"]
@@ -93,3 +94,14 @@ def test_inputs_are_checked() -> None:
         tr.update(["a", "b"], [True], [1.0], [0.0], [0])
     with pytest.raises(ValueError, match=r"contrib must be \(1, 3\)"):
         tr.update(["a"], [True], [1.0], [0.0], [0], np.ones((1, 2), np.float32), NAMES)
+
+
+def test_batch_keys_give_the_same_results_as_the_list() -> None:
+    rng = np.random.default_rng(10)
+    keys = [f"k{i}" for i in rng.integers(0, 6, 400)]
+    flags = rng.uniform(size=400) < 0.1
+    args = (flags, rng.uniform(size=400), np.arange(400.0), np.arange(400))
+    for max_keys in (100, 2):  # the fast path and the eviction path
+        b1, u1 = IncidentTracker(quiet_records=5, max_keys=max_keys).update(keys, *args)
+        b2, u2 = IncidentTracker(quiet_records=5, max_keys=max_keys).update(BatchKeys(keys), *args)
+        assert (b1.tolist(), u1) == (b2.tolist(), u2)
