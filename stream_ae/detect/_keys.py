@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -119,6 +118,9 @@ def safe_end(keys: Sequence[str], start: int, known: Container[str], size: int,
 class KeyColumns:
     """An LRU of keys, each owning one row of ``n_cols`` float64 columns.
 
+    Recency is a tick per row (numpy), so a batch's keys are touched without a Python loop
+    over them; only new keys and evictions are handled one by one.
+
     >>> t = KeyColumns(2, max_keys=2)
     >>> t.put(["a", "b"], np.array([[1.0, 2.0], [3.0, 4.0]]))
     >>> t.put(["c"], np.array([[5.0, 6.0]]))  # evicts "a", the least recently put
@@ -129,8 +131,14 @@ class KeyColumns:
     def __init__(self, n_cols: int, max_keys: int) -> None:
         self.n_cols = n_cols
         self.max_keys = max_keys
-        self._slot: OrderedDict[str, int] = OrderedDict()
-        self._data = np.zeros((0, n_cols))
+        self._clear()
+
+    def _clear(self) -> None:
+        self._slot: dict[str, int] = {}
+        self._name: list[str] = []  # slot -> key (stale for free slots)
+        self._data = np.zeros((0, self.n_cols))
+        self._tick: I64 = np.zeros(0, np.int64)
+        self._clock = 0
         self._free: list[int] = []
 
     def __len__(self) -> int:
@@ -138,7 +146,8 @@ class KeyColumns:
 
     def keys(self) -> list[str]:
         """Keys, least recently put first."""
-        return list(self._slot)
+        live = np.fromiter(self._slot.values(), np.int64, len(self._slot))
+        return [self._name[i] for i in live[np.argsort(self._tick[live], kind="stable")].tolist()]
 
     def slots(self, uniq: Sequence[str]) -> I64:
         """Each key's row in the storage, -1 for keys not held."""
@@ -154,14 +163,17 @@ class KeyColumns:
     def put(self, keys: Sequence[str], rows: F64) -> None:
         """Store rows for keys (distinct), most recent last, then evict down to ``max_keys``."""
         s = self.slots(keys)
-        for i in np.flatnonzero(s < 0):
-            s[i] = self._allocate()
+        for i in np.flatnonzero(s < 0).tolist():
+            s[i] = self._allocate(keys[i])
         self._data[s] = rows
-        for k, slot in zip(keys, s.tolist(), strict=True):
-            self._slot[k] = slot
-            self._slot.move_to_end(k)
-        while len(self._slot) > self.max_keys:
-            self._free.append(self._slot.popitem(last=False)[1])
+        self._tick[s] = self._clock + np.arange(s.size)
+        self._clock += s.size
+        excess = len(self._slot) - self.max_keys
+        if excess > 0:
+            live = np.fromiter(self._slot.values(), np.int64, len(self._slot))
+            for slot in live[np.argsort(self._tick[live], kind="stable")[:excess]].tolist():
+                del self._slot[self._name[slot]]
+                self._free.append(slot)
 
     def pop(self, key: str) -> None:
         """Forget one key."""
@@ -169,14 +181,18 @@ class KeyColumns:
         if slot is not None:
             self._free.append(slot)
 
-    def _allocate(self) -> int:
+    def _allocate(self, key: str) -> int:
         if not self._free:
             old = self._data.shape[0]
-            grown = np.zeros((max(8, 2 * old), self.n_cols))
-            grown[:old] = self._data
-            self._data = grown
-            self._free = list(range(grown.shape[0] - 1, old - 1, -1))
-        return self._free.pop()
+            size = max(8, 2 * old)
+            self._data = np.concatenate([self._data, np.zeros((size - old, self.n_cols))])
+            self._tick = np.concatenate([self._tick, np.zeros(size - old, np.int64)])
+            self._name += [""] * (size - old)
+            self._free = list(range(size - 1, old - 1, -1))
+        slot = self._free.pop()
+        self._slot[key] = slot
+        self._name[slot] = key
+        return slot
 
     def get_state(self) -> dict[str, Any]:
         """Plain data: keys, least recently put first, and their rows."""
@@ -185,7 +201,7 @@ class KeyColumns:
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`get_state` returned."""
-        self._slot, self._data, self._free = OrderedDict(), np.zeros((0, self.n_cols)), []
+        self._clear()
         keys = [str(k) for k in state["keys"]]
         if keys:
             self.put(keys, np.asarray(state["rows"], dtype=np.float64).reshape(-1, self.n_cols))
