@@ -128,21 +128,25 @@ class KeyColumns:
     (['b', 'c'], [[0.0, 0.0], [5.0, 6.0]])
     """
 
-    def __init__(self, n_cols: int, max_keys: int) -> None:
+    def __init__(self, n_cols: int, max_keys: int, dtype: type[Any] = np.float64) -> None:
         self.n_cols = n_cols
         self.max_keys = max_keys
+        self.dtype = dtype
         self._clear()
 
     def _clear(self) -> None:
         self._slot: dict[str, int] = {}
         self._name: list[str] = []  # slot -> key (stale for free slots)
-        self._data = np.zeros((0, self.n_cols))
+        self._data: npt.NDArray[Any] = np.zeros((0, self.n_cols), self.dtype)
         self._tick: I64 = np.zeros(0, np.int64)
         self._clock = 0
         self._free: list[int] = []
 
     def __len__(self) -> int:
         return len(self._slot)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._slot
 
     def keys(self) -> list[str]:
         """Keys, least recently put first."""
@@ -153,14 +157,14 @@ class KeyColumns:
         """Each key's row in the storage, -1 for keys not held."""
         return np.fromiter((self._slot.get(k, -1) for k in uniq), np.int64, len(uniq))
 
-    def rows(self, uniq: Sequence[str]) -> F64:
+    def rows(self, uniq: Sequence[str]) -> npt.NDArray[Any]:
         """Each key's row (zeros for keys not held), a copy."""
         s = self.slots(uniq)
-        out = np.zeros((len(uniq), self.n_cols))
+        out = np.zeros((len(uniq), self.n_cols), self.dtype)
         out[s >= 0] = self._data[s[s >= 0]]
         return out
 
-    def put(self, keys: Sequence[str], rows: F64) -> None:
+    def put(self, keys: Sequence[str], rows: npt.NDArray[Any]) -> None:
         """Store rows for keys (distinct), most recent last, then evict down to ``max_keys``."""
         s = self.slots(keys)
         for i in np.flatnonzero(s < 0).tolist():
@@ -185,7 +189,8 @@ class KeyColumns:
         if not self._free:
             old = self._data.shape[0]
             size = max(8, 2 * old)
-            self._data = np.concatenate([self._data, np.zeros((size - old, self.n_cols))])
+            grown = np.zeros((size - old, self.n_cols), self.dtype)
+            self._data = np.concatenate([self._data, grown])
             self._tick = np.concatenate([self._tick, np.zeros(size - old, np.int64)])
             self._name += [""] * (size - old)
             self._free = list(range(size - 1, old - 1, -1))
@@ -204,4 +209,4 @@ class KeyColumns:
         self._clear()
         keys = [str(k) for k in state["keys"]]
         if keys:
-            self.put(keys, np.asarray(state["rows"], dtype=np.float64).reshape(-1, self.n_cols))
+            self.put(keys, np.asarray(state["rows"], dtype=self.dtype).reshape(-1, self.n_cols))

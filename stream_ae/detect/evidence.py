@@ -22,7 +22,6 @@ into calls.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize
 
-from stream_ae.detect._keys import encode, last_rows, n_distinct, safe_end, segments
+from stream_ae.detect._keys import KeyColumns, encode, last_rows, n_distinct, safe_end, segments
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -116,14 +115,14 @@ class EvidenceAccumulator:
         self.k = k
         self.cap = cap
         self.max_keys = max_keys
-        self._s: OrderedDict[str, int] = OrderedDict()
+        self._s = KeyColumns(1, max_keys, np.int64)  # S in units of 2**-20
 
     def __len__(self) -> int:
         return len(self._s)
 
     def value(self, key: str) -> float:
         """The key's current ``S`` (0 for a key not held)."""
-        return self._s.get(key, 0) / _SCALE
+        return int(self._s.rows([key])[0, 0]) / _SCALE
 
     def update(self, keys: Sequence[str], p: npt.ArrayLike) -> F64:
         """Advance each row's key by its surprise; ``S_t`` per row."""
@@ -148,33 +147,30 @@ class EvidenceAccumulator:
     def _advance(self, keys: Sequence[str], d: I64) -> I64:
         """Rows whose new keys fit without an eviction: all keys at once, then evict."""
         ids, uniq = encode(keys)
-        s0 = np.fromiter((self._s.get(k, 0) for k in uniq), np.int64, len(uniq))
+        s0 = self._s.rows(uniq)[:, 0]
         seg = segments(ids, len(uniq))
         cap = _CAP_INF if math.isinf(self.cap) else round(self.cap * _SCALE)
         s_sorted = _reflected(d[seg.order], seg.start, seg.count, np.minimum(s0, cap), cap)
         out = np.empty_like(s_sorted)
         out[seg.order] = s_sorted
         final = s_sorted[seg.start + seg.count - 1]
-        last = last_rows(ids, len(uniq))
-        for i in np.argsort(last, kind="stable"):
-            self._s[uniq[i]] = int(final[i])
-            self._s.move_to_end(uniq[i])
-        while len(self._s) > self.max_keys:
-            self._s.popitem(last=False)
+        lru = np.argsort(last_rows(ids, len(uniq)), kind="stable")
+        self._s.put([uniq[i] for i in lru.tolist()], final[lru][:, None])
         return out
 
     def reset(self, key: str) -> None:
         """Forget the key's evidence (it restarts at 0)."""
-        self._s.pop(key, None)
+        self._s.pop(key)
 
     def get_state(self) -> dict[str, Any]:
         """Plain data: keys in LRU order (oldest first) and ``S`` in units of ``2**-20``."""
-        return {"keys": list(self._s), "s": np.fromiter(self._s.values(), np.int64, len(self._s))}
+        state = self._s.get_state()
+        return {"keys": state["keys"], "s": state["rows"][:, 0].copy()}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`get_state` returned."""
-        s = np.asarray(state["s"], dtype=np.int64)
-        self._s = OrderedDict((str(k), int(s[i])) for i, k in enumerate(state["keys"]))
+        self._s = KeyColumns(1, self.max_keys, np.int64)
+        self._s.set_state({"keys": state["keys"], "rows": np.asarray(state["s"], np.int64)})
 
 
 def _lindley(d: I64, first: I64, sid: I64, s0: I64) -> I64:
