@@ -198,7 +198,11 @@ def simulate_cmd(
         rows = sim.write_file(cfg, steps or 2500, output)
         typer.echo(f"wrote {rows} records to {output}")
         return
+    from stream_ae.sources.kafka import probe_broker
+
     settings = _settings(config)
+    target = settings.kafka.bootstrap_servers if bootstrap is None else bootstrap
+    probe_broker(settings.kafka.model_copy(update={"bootstrap_servers": target}))
     stats = sim.produce_to(settings.kafka, bootstrap, topic or settings.kafka.input_topics[0],
                            cfg, rate, steps, duration)
     typer.echo(f"produced {stats.records} records ({stats.anomalies} labelled anomalies)")

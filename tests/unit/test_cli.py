@@ -149,6 +149,8 @@ def test_exit_codes_name_their_cause(tmp_path: pathlib.Path, monkeypatch: pytest
     code, err = exit_of(["run", "--set", "kafka.bootstrap_servers=nowhere:9092"], capsys)
     assert (code, err.strip()) == (
         5, "stream-ae: broker unreachable: no answer from nowhere:9092 within 10 s")
+    code, err = exit_of(["simulate", "--bootstrap", "elsewhere:9092", "--steps", "5"], capsys)
+    assert (code, "no answer from elsewhere:9092" in err) == (5, True)
     assert cli.exit_code(ConfigError("x")) == (3, "bad config")
 
 
