@@ -152,9 +152,13 @@ class AutoencoderOutlierDetector(OutlierMixin, BaseEstimator):  # type: ignore[m
         return -self._score(X).scores
 
     def decision_function(self, X: Any) -> F64:
-        """Threshold minus reconstruction error: negative for outliers."""
+        """Distance of the reconstruction error from the threshold, negative for outliers.
+
+        The sign is the engine's decision, so ``decision_function < 0`` exactly where
+        ``predict`` is -1; with the threshold decision it is ``threshold_ - error``.
+        """
         res = self._score(X)
-        out: F64 = res.thresholds - res.scores
+        out: F64 = np.where(res.is_anomaly, -1.0, 1.0) * np.abs(res.thresholds - res.scores)
         return out
 
     def predict(self, X: Any) -> npt.NDArray[np.int64]:
