@@ -8,6 +8,7 @@ or cross-reference that cannot be resolved fails the build.
 from __future__ import annotations
 
 import pathlib
+import re
 from typing import Any
 
 from mkdocs.structure.files import File, Files
@@ -37,3 +38,17 @@ def on_files(files: Files, config: Any) -> Files:
     for m in mods:
         files.append(File.generated(config, f"reference/{m}.md", content=f"# `{m}`\n\n::: {m}\n"))
     return files
+
+
+OUTSIDE = re.compile(r"\[([^\]]+)\]\((\.\./[^)\s]+)\)")
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    """Links from a page to repository files outside ``docs/`` (``../deploy/...``) work
+    when the Markdown is read in the repository; on the site they become the path."""
+
+    def plain(m: re.Match[str]) -> str:
+        path = m.group(2).removeprefix("../")
+        return f"{m.group(1)} (`{path}` in the repository)" if m.group(1) != path else f"`{path}`"
+
+    return OUTSIDE.sub(plain, markdown)

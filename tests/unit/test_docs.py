@@ -51,3 +51,33 @@ def test_pages_in_the_nav_exist() -> None:
     assert "getting-started.md" in pages and "ecosystem.md" in pages
     missing = [p for p in pages if not (DOCS / p).exists() and not p.startswith("reference/")]
     assert missing == []
+
+
+def test_docstring_extension_turns_roles_and_bare_doctests_into_markdown() -> None:
+    import doctest
+
+    pytest.importorskip("griffe")
+    ext = load(DOCS / "griffe_roles.py")
+    assert doctest.testmod(ext).failed == 0
+    assert ext.markdown_roles(":func:`~stream_ae.river.river_defaults`, :mod:`numpy`") == (
+        "[`river_defaults`][stream_ae.river.river_defaults], `numpy`")
+    text = "Doc.\n\n    >>> x[1][2:]\n    3\n\nAfter."  # output runs to the blank line
+    fenced = "Doc.\n\n    ```pycon\n    >>> x[1][2:]\n    3\n    ```\n\nAfter."
+    assert ext.fence_doctests(text) == fenced
+
+
+def test_links_out_of_docs_become_repository_paths_on_the_site() -> None:
+    pytest.importorskip("mkdocs")
+    hooks = load(DOCS / "hooks.py")
+    md = "See [deploy/k8s/README.md](../deploy/k8s/README.md), [the example](../deploy/x.yaml)."
+    assert hooks.on_page_markdown(md, None, None, None) == (
+        "See `deploy/k8s/README.md`, the example (`deploy/x.yaml` in the repository).")
+
+
+def test_make_docs_builds_strict_and_not_quiet() -> None:
+    # -q lowers the log level below WARNING: autorefs then skips its unresolved-reference
+    # warnings and --strict never sees them
+    make = (DOCS.parent / "Makefile").read_text()
+    line = next(x for x in make.splitlines() if "mkdocs build" in x)
+    assert "--strict" in line and " -q" not in line
+    assert "make docs" in (DOCS.parent / ".ci" / "run").read_text()
