@@ -37,9 +37,11 @@ class FeaturesConfig(_Frozen):
         description="Feature field names in model order. Empty: taken from the first valid record "
         "(JSON object keys in order, minus key/timestamp/label fields).",
     )
-    lags: int = Field(default=0, ge=0, le=64, description="Previous readings of the same key "
-                      "concatenated to each record (shingle length minus one); set it from the "
-                      "sampling rate (e.g. 8 at 1 Hz for 9 s of context, see docs/quality.md).")
+    lags: int = Field(default=8, ge=0, le=64, description="Previous readings of the same key "
+                      "concatenated to each record (shingle length minus one): temporal context "
+                      "per key, so that a single sensor is a meaningful model input and "
+                      "collective anomalies are seen (8: 9 s of context at 1 Hz; 0: each "
+                      "record on its own, for i.i.d. tabular data).")
     diffs: bool = Field(default=False, description="Append first differences per key.")
     missing: Literal["reject", "ffill"] = Field(
         default="reject",
@@ -65,7 +67,8 @@ class ModelConfig(_Frozen):
     hidden: tuple[int, ...] = Field(default=(), description="Encoder hidden widths (the decoder "
                                     "mirrors them); empty: a linear autoencoder.")
     bottleneck: int = Field(default=0, ge=0, description="Code width; 0: a quarter of the model "
-                            "inputs (at least 1).")
+                            "inputs, at least 1 and always fewer than the inputs (a code as "
+                            "wide as its input would reconstruct it exactly).")
     activation: Literal["relu", "tanh", "gelu", "elu", "silu"] = "elu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
@@ -143,15 +146,62 @@ class DriftConfig(_Frozen):
         return self.lr_boost == 1.0 and not self.rewarm_threshold
 
 
+class DecisionConfig(_Frozen):
+    """From scores to decisions: calibrated grades, a false-alarm budget, evidence, incidents.
+
+    ``mode: budget`` (the default) calibrates each score into a tail probability ``p`` under
+    the recent normal scores of its key (peaks over threshold with a generalized Pareto
+    tail) and flags a record when ``p`` is below the single-record share of the budget, or
+    when the key's accumulated evidence (a CUSUM of ``-ln p``) crosses the level the rest of
+    the budget allows. ``quantile`` and ``mean_std`` keep the rolling threshold of
+    ``engine.threshold`` instead (no grades beyond the same calibration, flags from it).
+    """
+
+    mode: Literal["budget", "quantile", "mean_std"] = "budget"
+    false_alarm_rate: float = Field(default=1e-4, gt=0.0, lt=0.5, description="Expected false "
+                                    "flags per record of normal data (budget mode). Alerts per "
+                                    "key and day on a normal stream = rate x records per key and "
+                                    "day: 1e-4 at 1 Hz is about 8.6 flagged records a day, "
+                                    "fewer incidents (docs/engine.md#decisions).")
+    point_share: float = Field(default=0.5, gt=0.0, lt=1.0, description="Share of the budget "
+                               "spent on single extreme records; the rest on evidence.")
+    evidence_k: float = Field(default=2.3, gt=0.0, description="CUSUM reference value on the "
+                              "surprise -ln p: only records with p < exp(-k) add evidence "
+                              "(2.3: p < 0.1).")
+    evidence_cap: float = Field(default=2.0, ge=1.0, description="The evidence is capped at "
+                                "this multiple of its alarm level, so it falls below the level "
+                                "within a few records after a fault ends.")
+    grade_decades: float = Field(default=10.0, gt=0.0, description="grade = -log10(p) / this, "
+                                 "clipped to [0, 1]: 0.5 is a one-in-100,000 score.")
+    calibration_window: int = Field(default=20_000, ge=100, description="Recent normal scores "
+                                    "the tail is estimated from.")
+    min_scores: int = Field(default=100, ge=10, description="Normal scores (the warm-up's "
+                            "held-out ones count) the calibration needs before anything is "
+                            "flagged.")
+    key_min_records: int = Field(default=50, ge=1, description="Normal records a key needs "
+                                 "before it is calibrated on its own level and can be flagged "
+                                 "(before: its records are learned from, as normal).")
+    quiet_records: int = Field(default=60, ge=1, description="Records of a key without a flag "
+                               "that resolve its open incident.")
+    update_every: int = Field(default=60, ge=1, description="Flagged records between two "
+                              "'updated' messages of an incident.")
+    drift_recent_records: int = Field(default=1000, ge=0, description="Alerts within this many "
+                                      "records after a drift or regime event say "
+                                      "context.drift_recent.")
+
+
 class RegimeConfig(_Frozen):
-    """Sustained-alarm policy: a long alarm run is a regime change, not an endless anomaly."""
+    """Quiet after a new normal, per key: an incident that lasts is re-learned as normal."""
 
     enabled: bool = True
-    max_alarm_fraction: float = Field(default=0.6, gt=0.0, le=1.0, description="Fraction of "
-                                      "flagged records in the last `run_length` that triggers it.")
-    run_length: int = Field(default=600, ge=1, description="Records the fraction is taken over "
-                            "(600: ten minutes at 1 Hz).")
-    relearn_steps: int = Field(default=50, ge=0)
+    after_records: int = Field(default=600, ge=1, description="Records of the key an incident "
+                               "may last before the key's behaviour is declared its new normal "
+                               "(600: ten minutes at 1 Hz).")
+    after_seconds: float = Field(default=600.0, gt=0.0, description="... or this much event "
+                                 "time, whichever comes first (records without timestamps "
+                                 "count records only).")
+    relearn_steps: int = Field(default=50, ge=0, description="Extra learning steps on the "
+                               "key's recent records when it changes regime.")
 
 
 class EngineConfig(_Frozen):
@@ -162,6 +212,7 @@ class EngineConfig(_Frozen):
     training: TrainingConfig = TrainingConfig()
     threshold: ThresholdConfig = ThresholdConfig()
     drift: DriftConfig = DriftConfig()
+    decision: DecisionConfig = DecisionConfig()
     regime: RegimeConfig = RegimeConfig()
 
 
@@ -187,6 +238,9 @@ class KafkaConfig(_Frozen):
     dead_letter_topic: str = "sensor-dead-letters"
     events_topic: str | None = Field(default="sensor-events", description="Drift/regime events; "
                                      "null disables them.")
+    incidents_topic: str | None = Field(default="sensor-incidents", description="Incident "
+                                        "lifecycle messages (opened/updated/resolved); null "
+                                        "disables them.")
     guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     transactional_id: str | None = Field(default=None, description="Stable per instance; default "
                                          "'<group_id>-<hostname>'.")

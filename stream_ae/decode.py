@@ -189,8 +189,8 @@ class Decoder:
                 keys, stamps = [keys[j] for j in keep], [stamps[j] for j in keep]
                 labels, good = [labels[j] for j in keep], [good[j] for j in keep]
         lab = np.array(labels, dtype=np.int64) if any(x >= 0 for x in labels) else None
-        batch = Batch(tuple(keys), np.array(stamps, dtype=np.float64), values32, lab)
         offsets = np.array([block.offsets[i] for i in good], dtype=np.int64)
+        batch = Batch(tuple(keys), np.array(stamps, dtype=np.float64), values32, lab, offsets)
         dead.sort(key=lambda d: d.original.position.offset)
         return Decoded(batch, offsets, tuple(dead), self.names, values)
 

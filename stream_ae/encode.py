@@ -12,7 +12,7 @@ import math
 import orjson
 
 from stream_ae.outputs import Decision, EventRecord, message_id
-from stream_ae.records import Alert, DeadLetter, SourcePosition
+from stream_ae.records import Alert, DeadLetter, Incident, SourcePosition
 from stream_ae.schema import SCHEMA_VERSION
 
 CONTENT_TYPE = "application/json"
@@ -54,10 +54,29 @@ def encode_alert(a: Alert) -> bytes:
         "source": {"topic": pos.topic, "partition": pos.partition, "offset": pos.offset},
         "key": a.key, "event_time": _finite_or_none(a.timestamp),
         "features": {k: _finite_or_none(v) for k, v in a.features.items()},
-        "score": a.score, "threshold": a.threshold,
-        "top_features": [{"name": n, "error": e} for n, e in a.top_features],
+        "score": a.score, "threshold": _finite_or_none(a.threshold),
+        "grade": a.grade, "incident_id": a.incident_id,
+        "top_features": [{"name": c.name, "observed": _finite_or_none(c.observed),
+                          "expected": _finite_or_none(c.expected), "direction": c.direction,
+                          "share": c.share, "lag": c.lag} for c in a.top_features],
         "context": {"warmup": False, "drift_recent": a.drift_recent},
         "model_version": a.model_version, "detected_at": a.detected_at,
+    })
+
+
+def encode_incident(i: Incident) -> bytes:
+    """An incident lifecycle message as ``schema.IncidentMessage`` JSON."""
+    c, pos = i.change, i.position
+    return orjson.dumps({
+        "schema_version": SCHEMA_VERSION, "incident_id": i.incident_id, "status": c.kind,
+        "key": c.key,
+        "source": {"topic": pos.topic, "partition": pos.partition, "offset": pos.offset},
+        "start_time": _finite_or_none(c.start_time), "end_time": _finite_or_none(c.end_time),
+        "peak_grade": c.peak_grade if math.isfinite(c.peak_grade) else 0.0,
+        "records": c.records, "flagged": c.flagged,
+        "top_sensors": [{"name": n, "share": sh} for n, sh in c.top_sensors],
+        "reason": "" if c.kind != "resolved" else c.reason,
+        "model_version": i.model_version, "detected_at": i.detected_at,
     })
 
 

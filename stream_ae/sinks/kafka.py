@@ -142,6 +142,10 @@ class KafkaSink:
         for d in out.dead_letters:
             self._produce(self.kafka.dead_letter_topic, d.original.value or b"", d.original.key,
                           encode.dead_letter_headers(d, now))
+        if self.kafka.incidents_topic:
+            for inc in out.incidents:
+                self._produce(self.kafka.incidents_topic, encode.encode_incident(inc),
+                              inc.change.key.encode(), hdrs)
         if self.kafka.events_topic:
             for e in out.events:
                 self._produce(self.kafka.events_topic, encode.encode_event(e, now),
