@@ -18,6 +18,7 @@ as a :class:`~stream_ae.records.DeadLetter` with one of the reasons in :data:`RE
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 import json
 import math
@@ -50,7 +51,8 @@ CONTENT_TYPE = "application/json"
 #: dead-letter reasons produced by decoding (the engine adds ``rejected:<its reason>``)
 REASONS = (
     "empty", "oversized", "invalid_json", "not_object", "missing_feature", "non_numeric",
-    "non_finite", "bad_key", "bad_timestamp", "bad_label", "no_features",
+    "non_finite", "bad_key", "bad_timestamp", "bad_label", "no_features", "key_too_long",
+    "too_many_fields", "field_name_too_long",
 )
 
 _NUMBER = (int, float)
@@ -223,6 +225,7 @@ class Decoder:
         good: list[int] = []
         dead: list[DeadLetter] = []
         loads, max_bytes = orjson.loads, self.fmt.max_message_bytes
+        max_key, max_fields = self.fmt.max_key_length, self.fmt.max_fields
         pick = operator.itemgetter(*self.names) if len(self.names) > 1 else _one(self.names)
         kf, tf, plain = self.fmt.key_field, self.fmt.timestamp_field, self.fmt.label_field is None
         for i, value in enumerate(block.values):
@@ -237,7 +240,8 @@ class Decoder:
             else:
                 if (plain and type(key) is str and type(stamp) is float
                         and -_MS_THRESHOLD <= stamp <= _MS_THRESHOLD and value is not None
-                        and len(value) <= max_bytes):
+                        and len(value) <= max_bytes and len(key) <= max_key
+                        and len(obj) <= max_fields):
                     rows.append(row)
                     keys.append(key)
                     stamps.append(stamp)
@@ -258,8 +262,8 @@ class Decoder:
         return self._finish(block, rows, keys, stamps, labels, good, dead)
 
     def _decode_one(self, block: RawBlock, i: int) -> tuple[Sequence[Any], str, float, int]:
-        obj = load_object(block.values[i], self.fmt.max_message_bytes)
-        return (self._row(obj), record_key(obj, self.fmt.key_field, block.keys[i]),
+        obj = load_bounded(block.values[i], self.fmt)
+        return (self._row(obj), bounded_key(obj, self.fmt, block.keys[i]),
                 event_time(obj, self.fmt.timestamp_field, block.timestamps_ms[i]),
                 record_label(obj, self.fmt.label_field))
 
@@ -351,6 +355,28 @@ def load_object(value: bytes | None, max_bytes: int) -> dict[str, Any]:
     return obj
 
 
+def load_bounded(value: bytes | None, fmt: RecordFormat) -> dict[str, Any]:
+    """:func:`load_object` within ``fmt``'s size and field-count limits.
+
+    >>> load_bounded(b'{"a": 1, "b": 2}', RecordFormat(max_fields=1))
+    Traceback (most recent call last):
+    ...
+    stream_ae.errors.DecodeError: too_many_fields: 2 fields > 1
+    """
+    obj = load_object(value, fmt.max_message_bytes)
+    if len(obj) > fmt.max_fields:
+        raise DecodeError("too_many_fields", f"{len(obj)} fields > {fmt.max_fields}")
+    return obj
+
+
+def bounded_key(obj: Mapping[str, Any], fmt: RecordFormat, msg_key: bytes | None) -> str:
+    """:func:`record_key` no longer than ``fmt.max_key_length`` characters."""
+    key = record_key(obj, fmt.key_field, msg_key)
+    if len(key) > fmt.max_key_length:
+        raise DecodeError("key_too_long", f"key of {len(key)} characters > {fmt.max_key_length}")
+    return key
+
+
 def _load_lenient(value: bytes) -> Any:
     try:
         return json.loads(value)
@@ -412,21 +438,77 @@ def record_label(obj: Mapping[str, Any], label_field: str | None) -> int:
 def infer_feature_names(block: RawBlock, fmt: RecordFormat) -> tuple[str, ...] | None:
     """Numeric fields of the first decodable object, minus key/timestamp/label; None if none.
 
+    Objects beyond ``fmt``'s limits (too many fields, too long names) are not used.
+
     >>> blk = RawBlock("t", 0, [0], [b'{"key": "a", "ts": 1, "x": 1.5, "s": "on", "y": 2}'],
     ...                [None], [None])
     >>> infer_feature_names(blk, RecordFormat())
     ('x', 'y')
     """
-    skip = {fmt.key_field, fmt.timestamp_field, fmt.label_field}
-    for value in block.values:
+    found = find_template(block, fmt)
+    return None if found is None else found[1]
+
+
+def find_template(block: RawBlock, fmt: RecordFormat) -> tuple[int, tuple[str, ...]] | None:
+    """Row and feature names of the first row that can name the features; None if none."""
+    for i, value in enumerate(block.values):
         try:
-            obj = load_object(value, fmt.max_message_bytes)
+            return i, template_names(load_bounded(value, fmt), fmt)
         except DecodeError:
             continue
-        names = tuple(k for k, v in obj.items() if k not in skip and type(v) in _NUMBER)
-        if names:
-            return names
     return None
+
+
+def template_names(obj: Mapping[str, Any], fmt: RecordFormat) -> tuple[str, ...]:
+    """The feature names an object gives: its numeric fields minus key/timestamp/label.
+
+    >>> template_names({"key": "k", "ts": 1.0, "temperature": 2}, RecordFormat(
+    ...     max_field_name_length=5))
+    Traceback (most recent call last):
+    ...
+    stream_ae.errors.DecodeError: field_name_too_long: a field name of 11 characters > 5
+    """
+    skip = {fmt.key_field, fmt.timestamp_field, fmt.label_field}
+    names = tuple(k for k, v in obj.items() if k not in skip and type(v) in _NUMBER)
+    if not names:
+        raise DecodeError("no_features", "no numeric fields and no feature names known yet")
+    longest = max(map(len, names))
+    if longest > fmt.max_field_name_length:
+        raise DecodeError("field_name_too_long", f"a field name of {longest} characters > "
+                          f"{fmt.max_field_name_length}")
+    return names
+
+
+def decode_inferring(block: RawBlock, fmt: RecordFormat, missing: str = "reject"
+                     ) -> tuple[Decoder | None, Decoded]:
+    """Decode a block while no feature names are known: they come from the block's first
+    row that can name them (:func:`find_template`). Rows before it are dead letters with the
+    reason they could not name the features, as they would be in a batch of their own, so
+    a dead letter does not depend on how the stream was split into batches.
+
+    >>> blk = RawBlock("t", 0, [0, 1], [b"{oops", b'{"x": 1}'], [None, None], [None, None])
+    >>> dec, out = decode_inferring(blk, RecordFormat())
+    >>> dec.names, out.batch.values.tolist(), [d.reason for d in out.dead_letters]
+    (('x',), [[1.0]], ['invalid_json'])
+    """
+    found = find_template(block, fmt)
+    stop = len(block) if found is None else found[0]
+    dead = tuple(_unnamed(block, i, fmt) for i in range(stop))
+    if found is None:
+        batch = Batch.from_arrays(np.zeros((0, 0), dtype=np.float32))
+        return None, Decoded(batch, np.zeros(0, dtype=np.int64), dead)
+    decoder = Decoder(found[1], fmt, missing)
+    rest = decoder.decode(block.tail(stop))
+    return decoder, Decoded(rest.batch, rest.offsets, dead + rest.dead_letters, rest.names,
+                            rest.raw_values)
+
+
+def _unnamed(block: RawBlock, i: int, fmt: RecordFormat) -> DeadLetter:
+    try:
+        template_names(load_bounded(block.values[i], fmt), fmt)
+    except DecodeError as exc:
+        return dead_letter(block, i, exc.reason, exc.detail)
+    raise AssertionError("a row before the template names the features")  # pragma: no cover
 
 
 def dead_letter(block: RawBlock, i: int, reason: str, detail: str = "") -> DeadLetter:
@@ -442,21 +524,112 @@ def all_dead(block: RawBlock, reason: str, detail: str = "") -> Decoded:
     return Decoded(batch, np.zeros(0, dtype=np.int64), dead)
 
 
+#: default producer ``message.max.bytes``: the default input limit plus 32 KiB
+DEFAULT_OUTPUT_BYTES = 1_032_768
+DEAD_LETTER_KEY_BYTES = 1024  # a longer original key is cut (it only picks a partition)
+HEADER_VALUE_BYTES = 1024  # each original header value kept at most this long
+DETAIL_BYTES = 500
+_HEADER_NAME_CHARS = 256
+_HEADER_OVERHEAD = 16  # per header: the varints and framing librdkafka counts
+_MESSAGE_OVERHEAD = 512  # record and batch framing
+
+
+@dataclass(frozen=True)
+class OutMessage:
+    """A message ready for a producer: value, key and headers."""
+
+    value: bytes
+    key: bytes | None
+    headers: list[tuple[str, bytes]]
+
+    @property
+    def size(self) -> int:
+        """Bytes the producer counts against ``message.max.bytes`` (an upper bound)."""
+        return (len(self.value) + len(self.key or b"") + _headers_size(self.headers)
+                + _MESSAGE_OVERHEAD)
+
+
+def _headers_size(headers: Sequence[tuple[str, bytes]]) -> int:
+    return sum(len(k.encode()) + len(v) + _HEADER_OVERHEAD for k, v in headers)
+
+
+def _cut_text(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes, on a character boundary."""
+    return text.encode()[:max_bytes].decode("utf-8", "ignore")
+
+
+def bounded_headers(headers: Headers, budget: int) -> tuple[list[tuple[str, bytes]], int]:
+    """Original headers within ``budget`` bytes: names and values cut, the rest dropped;
+    also how many were cut or dropped.
+
+    >>> kept, changed = bounded_headers((("a", b"x" * 2000), ("b", b"1"), ("c", b"2")), 1060)
+    >>> [(k, len(v)) for k, v in kept], changed
+    ([('a', 1024), ('b', 1)], 2)
+    """
+    out: list[tuple[str, bytes]] = []
+    cut, used = 0, 0
+    for name, value in headers:
+        k, v = name[:_HEADER_NAME_CHARS], value[:HEADER_VALUE_BYTES]
+        used += len(k.encode()) + len(v) + _HEADER_OVERHEAD
+        if used > budget:
+            return out, cut + len(headers) - len(out)
+        cut += (k, v) != (name, value)
+        out.append((k, v))
+    return out, cut
+
+
+def dead_letter_message(d: DeadLetter, now: float, max_bytes: int = DEFAULT_OUTPUT_BYTES
+                        ) -> OutMessage:
+    """The dead-letter message of ``d``: the original value, key and headers plus
+    ``stream-ae.*`` headers with the reason and coordinates, within ``max_bytes`` (the
+    producer's ``message.max.bytes``, at least 16 KiB).
+
+    Everything is bounded: the detail, each original header, the original headers together
+    (an eighth of ``max_bytes``) and the key. A value that does not fit is cut to the prefix
+    that does, with ``stream-ae.truncated: true``, ``stream-ae.original-size`` and
+    ``stream-ae.original-sha256``. The bytes depend only on ``d`` and ``now``
+    (``stream-ae.failed-at``).
+
+    >>> m = RawMessage(b"x" * 50_000, None, (("h", b"1"),), None, SourcePosition("t", 2, 9))
+    >>> out = dead_letter_message(DeadLetter("oversized", "", m), 0.0, max_bytes=20_000)
+    >>> h = dict(out.headers)
+    >>> (h["stream-ae.truncated"], h["stream-ae.original-size"], out.size <= 20_000)
+    (b'true', b'50000', True)
+    >>> len(out.value) > 18_000
+    True
+    """
+    o, p = d.original, d.original.position
+    originals, changed = bounded_headers(o.headers, max_bytes // 8)
+    own = {
+        "stream-ae.reason": d.reason, "stream-ae.detail": _cut_text(d.detail, DETAIL_BYTES),
+        "stream-ae.source-topic": p.topic, "stream-ae.source-partition": str(p.partition),
+        "stream-ae.source-offset": str(p.offset), "stream-ae.schema-version": SCHEMA_VERSION,
+        "stream-ae.failed-at": f"{now:.3f}", **d.extra,
+    }
+    key = o.key
+    if key is not None and len(key) > DEAD_LETTER_KEY_BYTES:
+        own["stream-ae.original-key-size"], key = str(len(key)), key[:DEAD_LETTER_KEY_BYTES]
+    if changed:
+        own["stream-ae.headers-truncated"] = str(changed)
+    msg = OutMessage(o.value or b"", key, [*originals, *((k, v.encode()) for k, v in own.items())])
+    if msg.size <= max_bytes:
+        return msg
+    value = msg.value
+    headers = [*msg.headers, ("stream-ae.truncated", b"true"),
+               ("stream-ae.original-size", str(len(value)).encode()),
+               ("stream-ae.original-sha256", hashlib.sha256(value).hexdigest().encode())]
+    room = max_bytes - OutMessage(b"", key, headers).size
+    return OutMessage(value[:max(room, 0)], key, headers)
+
+
 def dead_letter_headers(d: DeadLetter, now: float) -> list[tuple[str, bytes]]:
-    """The original headers plus ``stream-ae.*`` headers with the reason and coordinates.
+    """The headers of :func:`dead_letter_message` (default size limit).
 
     >>> m = RawMessage(b"x", None, (("h", b"1"),), None, SourcePosition("t", 2, 9))
     >>> [k for k, _ in dead_letter_headers(DeadLetter("invalid_json", "", m), 0.0)][:3]
     ['h', 'stream-ae.reason', 'stream-ae.detail']
     """
-    p = d.original.position
-    own = {
-        "stream-ae.reason": d.reason, "stream-ae.detail": d.detail[:500],
-        "stream-ae.source-topic": p.topic, "stream-ae.source-partition": str(p.partition),
-        "stream-ae.source-offset": str(p.offset), "stream-ae.schema-version": SCHEMA_VERSION,
-        "stream-ae.failed-at": f"{now:.3f}", **d.extra,
-    }
-    return [*d.original.headers, *((k, v.encode()) for k, v in own.items())]
+    return dead_letter_message(d, now).headers
 
 
 def output_headers() -> list[tuple[str, bytes]]:

@@ -60,9 +60,23 @@ def client_config(kafka: KafkaConfig) -> dict[str, Any]:
     return conf
 
 
-def consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
-    """Consumer settings: group, auto-commit off, read_committed, fast prefetch refill."""
+def consumer_config(kafka: KafkaConfig, max_message_bytes: int | None = None
+                    ) -> dict[str, Any]:
+    """Consumer settings: group, auto-commit off, read_committed, fast prefetch refill, and
+    fetch sizes that take a message of the producer limit (``kafka.max_message_bytes``, else
+    ``max_message_bytes``) in one fetch (brokers return a larger one alone, so any size is
+    consumed; only the memory one fetch takes is bounded).
+
+    >>> c = consumer_config(KafkaConfig(max_message_bytes=5_000_000))
+    >>> c["max.partition.fetch.bytes"], c["fetch.max.bytes"], c["receive.message.max.bytes"]
+    (5000000, 52428800, 100000000)
+    """
+    limit = kafka.max_message_bytes or max_message_bytes or 0
     return {
+        "max.partition.fetch.bytes": max(1_048_576, limit),
+        "fetch.max.bytes": kafka.fetch_max_bytes,
+        # librdkafka requires receive.message.max.bytes >= fetch.max.bytes + 512
+        "receive.message.max.bytes": max(100_000_000, kafka.fetch_max_bytes + 65_536),
         "group.id": kafka.group_id, "enable.auto.commit": False,
         "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
         "isolation.level": "read_committed", "session.timeout.ms": kafka.session_timeout_ms,
@@ -181,6 +195,9 @@ class KafkaGroupSource:
         Connection, topics and group.
     listener
         Told about assignments (answers with start offsets), revocations and losses.
+    max_message_bytes
+        The producer-side message limit the fetch sizes are set for (see
+        :func:`consumer_config`).
 
     Examples
     --------
@@ -189,16 +206,18 @@ class KafkaGroupSource:
     set()
     """
 
-    def __init__(self, kafka: KafkaConfig, listener: PartitionListener | None) -> None:
+    def __init__(self, kafka: KafkaConfig, listener: PartitionListener | None,
+                 max_message_bytes: int | None = None) -> None:
         self.kafka = kafka
         self.listener = listener
+        self.max_message_bytes = max_message_bytes
         self._consumer: Consumer | None = None
         self._cooperative = False
         self.assigned: set[TP] = set()
 
     def open(self) -> None:
         """Create the consumer and subscribe (the group join happens in ``poll_blocks``)."""
-        conf = {**consumer_config(self.kafka), "error_cb": ErrorLog()}
+        conf = {**consumer_config(self.kafka, self.max_message_bytes), "error_cb": ErrorLog()}
         self._cooperative = "cooperative" in str(conf.get("partition.assignment.strategy", ""))
         try:
             self._consumer = Consumer(conf)
