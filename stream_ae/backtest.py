@@ -336,7 +336,8 @@ def run_file_backtest(settings: Settings, source: FileInput, output: pathlib.Pat
     columns = source.columns
     if not columns.features and settings.engine.features.names:
         columns = replace(columns, features=settings.engine.features.names)
-    reader = TableReader(source.path, columns, source.fmt, source.sep, source.chunk_rows)
+    reader = TableReader(source.path, columns, source.fmt, source.sep, source.chunk_rows,
+                         settings.record.max_key_length, settings.record.max_fields)
     writer = PredictionWriter(output)
     engine: Engine | None = None
     collector: ResultCollector | None = None

@@ -176,9 +176,14 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Run the detection service: consume, score, publish alerts; Ctrl-C/SIGTERM stops it."""
+    from stream_ae.errors import GaveUpError
     from stream_ae.runner import run_service
 
-    run_service(_settings(config), decisions_topic)
+    try:
+        run_service(_settings(config), decisions_topic)
+    except GaveUpError as exc:
+        typer.echo(f"stream-ae run gave up: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @schema_app.command("alert")

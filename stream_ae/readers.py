@@ -143,6 +143,13 @@ class TableReader:
         CSV separator; default sniffed from the first 64 KiB.
     chunk_rows
         Rows per chunk.
+    max_key_length
+        Rows whose key is longer (characters) are bad rows (``key_too_long``), as
+        ``record.max_key_length`` does for messages.
+    max_fields
+        JSON Lines: an object with more fields, or one that would take a chunk's distinct
+        field names beyond this, is a bad row (``too_many_fields``), as
+        ``record.max_fields`` does for messages.
 
     Examples
     --------
@@ -162,12 +169,16 @@ class TableReader:
         fmt: Format | None = None,
         sep: str | None = None,
         chunk_rows: int = 65_536,
+        max_key_length: int = 256,
+        max_fields: int = 1000,
     ) -> None:
         self.path = pathlib.Path(path)
         self.columns = columns
         self.fmt = fmt
         self.sep = sep
         self.chunk_rows = chunk_rows
+        self.max_key_length = max_key_length
+        self.max_fields = max_fields
         self._roles: Columns | None = None
 
     @property
@@ -196,7 +207,7 @@ class TableReader:
             for raw in raw_chunks:
                 if self._roles is None:
                     self._roles = resolve_columns(raw.frame, self.columns)
-                yield columnize(raw, self._roles)
+                yield columnize(raw, self._roles, self.max_key_length)
         except OSError as exc:
             raise SourceError(f"cannot read {self.path}: {exc}") from exc
 
@@ -208,7 +219,7 @@ class TableReader:
 
     def _jsonl_chunks(self) -> Iterator[_RawChunk]:
         with self.path.open("rb") as fh:
-            yield from _jsonl_rows(fh, self.chunk_rows)
+            yield from _jsonl_rows(fh, self.chunk_rows, self.max_fields)
 
     def _parquet_chunks(self) -> Iterator[_RawChunk]:
         import pyarrow.parquet as pq
@@ -274,10 +285,12 @@ def _tell(fh: io.TextIOBase | io.BufferedIOBase) -> int:
         return 0
 
 
-def _jsonl_rows(fh: io.BufferedIOBase, chunk_rows: int) -> Iterator[_RawChunk]:
+def _jsonl_rows(fh: io.BufferedIOBase, chunk_rows: int, max_fields: int = 1000
+                ) -> Iterator[_RawChunk]:
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
     bad: list[BadRow] = []
+    fields: set[str] = set()  # the chunk's columns: bounded, or the frame could explode
     for number, text in enumerate(fh, start=1):
         if not text.strip():
             continue
@@ -289,12 +302,16 @@ def _jsonl_rows(fh: io.BufferedIOBase, chunk_rows: int) -> Iterator[_RawChunk]:
         if not isinstance(obj, dict):
             bad.append(BadRow(number, "not_an_object", f"a JSON {type(obj).__name__}"))
             continue
+        if len(obj) > max_fields or len(fields.union(obj)) > max_fields:
+            bad.append(BadRow(number, "too_many_fields", f"more than {max_fields} fields"))
+            continue
+        fields.update(obj)
         rows.append(obj)
         lines.append(number)
         if len(rows) >= chunk_rows:
             yield _RawChunk(pd.DataFrame.from_records(rows), np.array(lines, np.int64), bad,
                             _tell(fh))
-            rows, lines, bad = [], [], []
+            rows, lines, bad, fields = [], [], [], set()
     if rows or bad:
         yield _RawChunk(pd.DataFrame.from_records(rows), np.array(lines, np.int64), bad, _tell(fh))
 
@@ -341,7 +358,7 @@ def _mostly_numeric(col: pd.Series) -> bool:
 
 
 # --------------------------------------------------------------------------- columns
-def columnize(raw: _RawChunk, roles: Columns) -> Chunk:
+def columnize(raw: _RawChunk, roles: Columns, max_key_length: int = 256) -> Chunk:
     """Turn one raw chunk into typed arrays; rows with bad fields join ``bad``."""
     frame, n = raw.frame, len(raw.frame)
     bad_mask = np.zeros(n, dtype=np.bool_)
@@ -353,8 +370,13 @@ def columnize(raw: _RawChunk, roles: Columns) -> Chunk:
         _mark(wrong, raw.lines, bad_mask, reasons, "bad_value", f"{name} is not a number", col)
     timestamps, text = _timestamps(frame, roles.timestamp, raw.lines, bad_mask, reasons)
     labels = _labels(frame, roles.label, raw.lines, bad_mask, reasons)
-    keep = ~bad_mask
     keys = _keys(frame, roles.key, n)
+    too_long = np.fromiter((len(k) > max_key_length for k in keys), np.bool_, n)
+    if too_long.any():
+        _mark(too_long, raw.lines, bad_mask, reasons, "key_too_long",
+              f"key longer than {max_key_length} characters", pd.Series(
+                  [k[:40] for k in keys], dtype=object))
+    keep = ~bad_mask
     return Chunk(
         lines=raw.lines[keep],
         keys=tuple(k for k, ok in zip(keys, keep, strict=True) if ok),

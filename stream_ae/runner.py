@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import structlog
 
 from stream_ae.checkpoint import Checkpoint, CheckpointStore
-from stream_ae.config import Settings
-from stream_ae.errors import FencedError, SinkError, SnapshotError, SourceError
+from stream_ae.config import Settings, producer_max_bytes
+from stream_ae.errors import FencedError, GaveUpError, SinkError, SnapshotError, SourceError
 from stream_ae.metrics import Health, ServiceMetrics
 from stream_ae.records import Alert, Batch, DeadLetter, DriftEvent, SourcePosition, StepResult
 from stream_ae.serde import (
@@ -34,10 +34,9 @@ from stream_ae.serde import (
     Decoded,
     Decoder,
     RawBlock,
-    all_dead,
     build_alerts,
     dead_letter,
-    infer_feature_names,
+    decode_inferring,
 )
 from stream_ae.sources.kafka import Assignment
 
@@ -209,6 +208,9 @@ class Runner:
         self._names: tuple[str, ...] | None = settings.engine.features.names or None
         self._decoder: Decoder | None = None
         self._tainted = False
+        self._committed: dict[TP, int] = {}
+        #: committed offsets when a batch failed (None: no batch failed); see _run_restarting
+        self.failed_at: dict[TP, int] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def run(self, stop: threading.Event) -> None:
@@ -278,8 +280,20 @@ class Runner:
             self.flush_pending()
         self.checkpoint_all(force=False)
         if self.health is not None:
-            self.health.tick()
+            self.health.tick(self._backlog())
         return n
+
+    def _backlog(self) -> bool | None:
+        """Whether there is input to process: True (pending records or lag > 0), False (all
+        owned partitions caught up), None (unknown: nothing owned, or a lag unknown)."""
+        if self._pending_n:
+            return True
+        if not self._parts:
+            return None
+        lags = [self.source.lag(tp, part.position) for tp, part in list(self._parts.items())]
+        if any(lag for lag in lags if lag is not None):
+            return True
+        return None if None in lags else False
 
     def flush_pending(self) -> None:
         """Process the pending blocks as one batch."""
@@ -293,6 +307,7 @@ class Runner:
         except BaseException:
             # engines may have advanced past what is committed: never checkpoint them now;
             # the restart recovers from the last checkpoint and the committed offsets
+            self.failed_at = dict(self._committed)
             self._tainted = True
             self._parts.clear()
             raise
@@ -313,6 +328,8 @@ class Runner:
             self._publish(out)
         for part in stepped:
             self._checkpoint_if_due(part)
+        if self.health is not None:  # committed, or a catch-up replay with nothing to commit
+            self.health.progress()
         if self.metrics is not None:
             self.metrics.batch_latency.observe(self.clock() - t0)
             self.metrics.batch_records.observe(sum(len(b) for b in blocks))
@@ -322,6 +339,7 @@ class Runner:
         self.sink.write(out.alerts, out.dead, out.events)
         self.sink.write_decisions(out.decisions)
         self.sink.commit(out.offsets, self.source)
+        self._committed.update(out.offsets)
         if self.metrics is not None:
             self._count_outputs(out)
 
@@ -358,12 +376,14 @@ class Runner:
 
     def _decode(self, block: RawBlock) -> Decoded:
         if self._decoder is None:
-            self._names = self._names or infer_feature_names(block, self.settings.record)
-            if self._names is None:  # nothing decodable yet: every message is a dead letter
-                return all_dead(block, "no_features", "no feature names known yet")
-            self._decoder = Decoder(self._names, self.settings.record,
-                                    self.settings.engine.features.missing)
-            log.info("feature_names", names=list(self._names))
+            missing = self.settings.engine.features.missing
+            if self._names is None:  # from the first row that can name them
+                self._decoder, decoded = decode_inferring(block, self.settings.record, missing)
+                if self._decoder is not None:
+                    self._names = self._decoder.names
+                    log.info("feature_names", names=list(self._names))
+                return decoded
+            self._decoder = Decoder(self._names, self.settings.record, missing)
         return self._decoder.decode(block)
 
     def _new_engine(self) -> EngineLike:
@@ -421,6 +441,7 @@ class Runner:
         for a in assignments:
             part = self._restore(a)
             self._parts[part.tp] = part
+            self._committed[part.tp] = part.publish_from
             starts[part.tp] = part.position
             log.info("partition_ready", topic=a.topic, partition=a.partition,
                      start=part.position, publish_from=part.publish_from,
@@ -560,9 +581,9 @@ def build_runner(settings: Settings, decisions_topic: str | None = None,
     from stream_ae.sinks.kafka import KafkaSink
     from stream_ae.sources.kafka import KafkaGroupSource
 
-    ck = settings.checkpoint
-    return Runner(settings, KafkaGroupSource(settings.kafka, None),
-                  KafkaSink(settings.kafka, decisions_topic),
+    ck, limit = settings.checkpoint, producer_max_bytes(settings)
+    return Runner(settings, KafkaGroupSource(settings.kafka, None, limit),
+                  KafkaSink(settings.kafka, decisions_topic, limit),
                   CheckpointStore(ck.directory, ck.keep), metrics=metrics, health=health,
                   make_engine=make, restore_engine=restore)
 
@@ -594,6 +615,7 @@ def run_service(settings: Settings, decisions_topic: str | None = None,
              topics=list(settings.kafka.input_topics), guarantee=settings.kafka.guarantee)
     engines = prewarm_engine(settings)  # before the GC freeze: torch's import state is frozen
     tune_gc()
+    health.progress_timeout = settings.service.progress_timeout_s
     try:
         _run_restarting(settings, decisions_topic, metrics, health, stop, engines)
     finally:
@@ -603,10 +625,14 @@ def run_service(settings: Settings, decisions_topic: str | None = None,
 
 def _run_restarting(settings: Settings, decisions_topic: str | None, metrics: ServiceMetrics,
                     health: Health, stop: threading.Event, engines: EngineFactory | None = None,
-                    backoff_s: float = 2.0) -> None:
+                    backoff_s: float | None = None) -> None:
     """Run; after a Kafka failure (e.g. a transaction lost in a broker outage) start over
     with fresh clients: engines are restored from their checkpoints and replay up to the
-    committed offsets, exactly as after a process restart. A fenced instance stops."""
+    committed offsets, exactly as after a process restart. A fenced instance stops; so does
+    one whose batches failed ``service.max_restarts_same_offset`` times in a row at the same
+    committed offsets (``GaveUpError``: exit non-zero, let the orchestrator act)."""
+    cfg, same, last = settings.service, 0, None
+    backoff = cfg.restart_backoff_s if backoff_s is None else backoff_s
     while not stop.is_set():
         runner = build_runner(settings, decisions_topic, metrics, health, engines)
         try:
@@ -615,5 +641,13 @@ def _run_restarting(settings: Settings, decisions_topic: str | None, metrics: Se
         except FencedError:
             raise
         except (SinkError, SourceError) as exc:
-            log.error("service_restarting", error=str(exc), backoff_s=backoff_s)
-            stop.wait(backoff_s)
+            if runner.failed_at is not None:  # a batch failed; failures outside one do not count
+                same, last = (same + 1 if runner.failed_at == last else 1), runner.failed_at
+            if same >= cfg.max_restarts_same_offset:
+                log.error("service_gave_up", error=str(exc), restarts=same - 1,
+                          committed={f"{t}/{p}": o for (t, p), o in (last or {}).items()})
+                raise GaveUpError(f"a batch failed {same} times at the same committed offsets "
+                                  f"{last}; last error: {exc}") from exc
+            log.error("service_restarting", error=str(exc), backoff_s=backoff,
+                      failures_same_offset=same)
+            stop.wait(backoff)
