@@ -163,8 +163,11 @@ def _trace(offsets: list[int]) -> Callable[[int], tuple[tuple[str, bytes], ...]]
     return lambda i: (("trace", b"t-%d" % offsets[i]),)
 
 
+Wire = tuple[bytes, bytes | None, list[tuple[str, bytes]]]
+
+
 def dead_letter_bytes(max_records: int, per_poll: int, msgs: list[bytes | None],
-                      tmp: pathlib.Path) -> dict[int, tuple[bytes, bytes | None, list[tuple[str, bytes]]]]:
+                      tmp: pathlib.Path) -> dict[int, Wire]:
     settings = Settings.load(None, batching={"max_records": max_records, "max_wait_ms": 1},
                              checkpoint={"directory": str(tmp)},
                              record={"max_message_bytes": 2000})
