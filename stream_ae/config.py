@@ -46,7 +46,10 @@ class FeaturesConfig(_Frozen):
         description="NaN/inf/missing values: reject the record (dead letter) or carry the key's "
         "last value forward.",
     )
-    max_keys: int = Field(default=100_000, ge=1, description="Per-key lag buffers kept (LRU).")
+    max_keys: int = Field(default=100_000, ge=1, description="Per-key lag buffers kept (LRU): "
+                          "the least recently seen key's history is dropped, so memory stays "
+                          "bounded (about max_keys x (4 x features x max(lags, 1) + 200) bytes) "
+                          "whatever the number of distinct keys.")
 
     @field_validator("names", mode="before")
     @classmethod
@@ -264,10 +267,12 @@ class ServiceConfig(_Frozen):
                                       "when no batch was committed for this long while there "
                                       "is input (pending records or consumer lag > 0), so an "
                                       "orchestrator restarts a wedged instance.")
-    max_restarts_same_offset: int = Field(default=5, ge=1, description="In-process restarts "
-                                          "after failures of a batch at the same committed "
-                                          "offsets before the service gives up with an error "
-                                          "(exit status 1).")
+    max_restarts_same_offset: int = Field(default=5, ge=1, description="Consecutive batch "
+                                          "failures at the same committed offsets (each one "
+                                          "restarts the service in-process) after which it "
+                                          "gives up: error 'service_gave_up', exit status 1. "
+                                          "Failures before a batch (e.g. a broker outage while "
+                                          "connecting) do not count.")
     restart_backoff_s: float = Field(default=2.0, ge=0.0, description="Wait before an "
                                      "in-process restart.")
 

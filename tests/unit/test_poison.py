@@ -285,3 +285,18 @@ def test_per_key_history_stays_bounded_with_a_million_distinct_keys() -> None:
     assert fs.get_state()["keys"][-1] == f"k{start + 8191}"
     # unbounded: ~1M keys x (8 lags x 4 floats + dict/str overhead) > 300 MiB
     assert grown < 40 * 1024, f"RSS grew by {grown} KiB"
+
+
+def test_the_run_command_exits_non_zero_when_the_service_gives_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from stream_ae.cli import app
+
+    def gives_up(settings: Settings, decisions: str | None) -> None:
+        raise GaveUpError("a batch failed 5 times at the same committed offsets {('s', 0): 8}")
+
+    monkeypatch.setattr(runner_mod, "run_service", gives_up)
+    result = CliRunner().invoke(app, ["run"])
+    assert result.exit_code == 1
+    assert "gave up: a batch failed 5 times" in result.output
