@@ -605,7 +605,7 @@ def run_service(settings: Settings, decisions_topic: str | None = None,
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers(stop)
     registry = CollectorRegistry()
-    health = Health()
+    health = Health(progress_timeout=settings.service.progress_timeout_s)
     server = None
     if settings.metrics.enabled:
         server = MetricsServer(registry, health, settings.metrics.host, settings.metrics.port)
@@ -615,7 +615,6 @@ def run_service(settings: Settings, decisions_topic: str | None = None,
              topics=list(settings.kafka.input_topics), guarantee=settings.kafka.guarantee)
     engines = prewarm_engine(settings)  # before the GC freeze: torch's import state is frozen
     tune_gc()
-    health.progress_timeout = settings.service.progress_timeout_s
     try:
         _run_restarting(settings, decisions_topic, metrics, health, stop, engines)
     finally:

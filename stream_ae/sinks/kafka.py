@@ -52,13 +52,18 @@ def transactional_id(kafka: KafkaConfig) -> str:
 
 
 def output_limit(kafka: KafkaConfig, derived: int | None = None) -> int:
-    """The producer's ``message.max.bytes``: ``kafka.max_message_bytes``, else ``derived``
-    (``config.producer_max_bytes`` of the settings), else the default.
+    """The producer's ``message.max.bytes``: ``message.max.bytes`` in ``kafka.extra``, else
+    ``kafka.max_message_bytes``, else ``derived`` (``config.producer_max_bytes`` of the
+    settings), else the default.
 
     >>> output_limit(KafkaConfig()), output_limit(KafkaConfig(max_message_bytes=50_000), 9)
     (1032768, 50000)
+    >>> output_limit(KafkaConfig(extra={"message.max.bytes": "2000000"}), 9)
+    2000000
     """
-    return kafka.max_message_bytes or derived or serde.DEFAULT_OUTPUT_BYTES
+    extra = kafka.extra.get("message.max.bytes")
+    return int(extra) if extra else (kafka.max_message_bytes or derived
+                                     or serde.DEFAULT_OUTPUT_BYTES)
 
 
 def producer_config(kafka: KafkaConfig, max_message_bytes: int | None = None) -> dict[str, Any]:
