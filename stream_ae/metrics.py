@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -91,9 +91,11 @@ class Health:
     """Liveness and readiness of the service.
 
     Alive while the loop ticked within ``stale_after`` seconds and, when there is input
-    (the runner's ``tick(backlog=True)``), a batch was committed (``progress()``) within
-    ``progress_timeout`` seconds: a service that restarts over and over on the same input
-    is not alive. Ready while partitions are assigned.
+    (the runner's ``tick(backlog=True)``), made progress within ``progress_timeout``
+    seconds: processed a batch that took a partition past the furthest position reported
+    so far (``progress(positions)``). A service that restarts over and over on the same
+    input (replaying what it had processed before) is not alive. Ready while partitions
+    are assigned.
 
     Examples
     --------
@@ -114,6 +116,7 @@ class Health:
         self.progress_timeout = progress_timeout
         self._last_tick = clock()
         self._last_progress = self._last_tick
+        self._furthest: dict[tuple[str, int], int] = {}
         self.ready = False
 
     def tick(self, backlog: bool | None = None) -> None:
@@ -123,8 +126,14 @@ class Health:
         if backlog is False:
             self._last_progress = self._last_tick
 
-    def progress(self) -> None:
-        """A batch was committed."""
+    def progress(self, positions: Mapping[tuple[str, int], int] | None = None) -> None:
+        """A batch was processed; it is progress when a partition's next offset in
+        ``positions`` is past the furthest one reported before (None: progress anyway)."""
+        if positions is not None:
+            ahead = {tp: o for tp, o in positions.items() if o > self._furthest.get(tp, -1)}
+            if not ahead:
+                return
+            self._furthest.update(ahead)
         self._last_progress = self.clock()
 
     def alive(self) -> bool:

@@ -328,8 +328,8 @@ class Runner:
             self._publish(out)
         for part in stepped:
             self._checkpoint_if_due(part)
-        if self.health is not None:  # committed, or a catch-up replay with nothing to commit
-            self.health.progress()
+        if self.health is not None:  # a replay of what was processed before is not progress
+            self.health.progress(self.positions())
         if self.metrics is not None:
             self.metrics.batch_latency.observe(self.clock() - t0)
             self.metrics.batch_records.observe(sum(len(b) for b in blocks))

@@ -224,6 +224,19 @@ def test_healthz_watchdog_fails_only_without_progress_while_there_is_input() -> 
     assert not h.alive()
 
 
+def test_replaying_processed_offsets_after_a_restart_is_not_progress() -> None:
+    now = [0.0]
+    h = Health(stale_after=1e9, progress_timeout=30.0, clock=lambda: now[0])
+    h.progress({TP0: 100, ("s", 1): 50})
+    for t in (20.0, 40.0):  # restarts replay up to the committed offsets, and fail again
+        now[0] = t
+        h.tick(backlog=True)
+        h.progress({TP0: 60, ("s", 1): 50})
+    assert not h.alive()
+    h.progress({TP0: 60, ("s", 1): 51})
+    assert h.alive()
+
+
 class PoisonSink(MemorySink):
     """Refuses any batch holding a dead letter of offset ``bad`` (as the producer refused an
     unbounded dead letter before), fine otherwise."""
