@@ -13,33 +13,26 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Mapping
+from typing import Any, cast
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from stream_ae import serde
+from stream_ae import encode
 from stream_ae.config import KafkaConfig
 from stream_ae.errors import FencedError, SinkError
-from stream_ae.records import Alert, DeadLetter, DriftEvent, SourcePosition
-from stream_ae.sources.kafka import ErrorLog, client_config
+from stream_ae.kafka_conf import ErrorLog, client_config
+from stream_ae.outputs import Outputs
+from stream_ae.records import DeadLetter
+from stream_ae.sources.base import OffsetCommitter
+from stream_ae.types import TopicPartition as TP
 
 log = structlog.get_logger()
-
-TP = tuple[str, int]
 # consumer settings in ``kafka.extra`` that a producer would warn about
 _CONSUMER_ONLY = ("heartbeat.", "partition.assignment.", "session.timeout.", "group.",
                   "auto.offset.", "fetch.", "max.poll.", "isolation.", "enable.auto.",
                   "queued.", "enable.partition.eof", "allow.auto.create.")
-
-
-class OffsetCommitter(Protocol):
-    """What the sink needs from the source to commit input progress."""
-
-    def group_metadata(self) -> object: ...
-
-    def commit(self, offsets: Mapping[TP, int]) -> None: ...
 
 
 def transactional_id(kafka: KafkaConfig) -> str:
@@ -63,7 +56,7 @@ def output_limit(kafka: KafkaConfig, derived: int | None = None) -> int:
     """
     extra = kafka.extra.get("message.max.bytes")
     return int(extra) if extra else (kafka.max_message_bytes or derived
-                                     or serde.DEFAULT_OUTPUT_BYTES)
+                                     or encode.DEFAULT_OUTPUT_BYTES)
 
 
 def producer_config(kafka: KafkaConfig, max_message_bytes: int | None = None) -> dict[str, Any]:
@@ -89,11 +82,14 @@ class KafkaSink:
     ----------
     kafka
         Topics, guarantee and connection.
+    committer
+        Commits the consumed offsets (the consumer's, handed over by the group source);
+        None: a sink that publishes without input offsets (a replay's alerts topic).
     decisions_topic
         Optional topic for per-batch decision records (None: not published).
     max_message_bytes
         Producer ``message.max.bytes`` when ``kafka.max_message_bytes`` is not set (the
-        runner derives it from ``record.max_message_bytes``); dead letters are cut to fit.
+        service derives it from ``record.max_message_bytes``); dead letters are cut to fit.
 
     Examples
     --------
@@ -102,9 +98,11 @@ class KafkaSink:
     False
     """
 
-    def __init__(self, kafka: KafkaConfig, decisions_topic: str | None = None,
-                 max_message_bytes: int | None = None) -> None:
+    def __init__(self, kafka: KafkaConfig, committer: OffsetCommitter | None = None,
+                 decisions_topic: str | None = None, max_message_bytes: int | None = None
+                 ) -> None:
         self.kafka = kafka
+        self.committer = committer
         self.decisions_topic = decisions_topic
         self.max_message_bytes = max_message_bytes
         self._producer: Producer | None = None
@@ -156,7 +154,7 @@ class KafkaSink:
 
     def _produce_dead_letter(self, d: DeadLetter, now: float) -> None:
         limit = output_limit(self.kafka, self.max_message_bytes)
-        msg = serde.dead_letter_message(d, now, limit)
+        msg = encode.dead_letter_message(d, now, limit)
         try:
             self._produce(self.kafka.dead_letter_topic, msg.value, msg.key, msg.headers)
         except SinkError as exc:
@@ -166,52 +164,49 @@ class KafkaSink:
                 raise
             log.warning("dead_letter_too_large", size=msg.size, limit=limit,
                         offset=d.original.position.offset)
-            msg = serde.dead_letter_message(d, now, max(limit // 4, 16_384))
+            msg = encode.dead_letter_message(d, now, max(limit // 4, 16_384))
             self._produce(self.kafka.dead_letter_topic, msg.value, msg.key, msg.headers)
 
     def _on_dr(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._failed.append(f"{msg.topic()}: {err.str()}")
 
-    def write(self, alerts: Sequence[Alert] = (), dead_letters: Sequence[DeadLetter] = (),
-              events: Sequence[tuple[DriftEvent, SourcePosition, int]] = ()) -> None:
-        """Queue alerts (key = sensor key), dead letters (original bytes) and events."""
-        hdrs = serde.output_headers()
-        for a in alerts:
-            self._produce(self.kafka.alerts_topic, serde.encode_alert(a), a.key.encode(), hdrs)
+    def write(self, out: Outputs) -> None:
+        """Queue alerts (key = sensor key), dead letters (original bytes), events and
+        decision records."""
+        hdrs = encode.output_headers()
+        for a in out.alerts:
+            self._produce(self.kafka.alerts_topic, encode.encode_alert(a), a.key.encode(), hdrs)
         now = time.time()
-        for d in dead_letters:
+        for d in out.dead_letters:
             self._produce_dead_letter(d, now)
         if self.kafka.events_topic:
-            for e, pos, version in events:
-                self._produce(self.kafka.events_topic, serde.encode_event(e, pos, version, now),
-                              pos.topic.encode(), hdrs)
+            for e in out.events:
+                self._produce(self.kafka.events_topic, encode.encode_event(e, now),
+                              e.position.topic.encode(), hdrs)
+        if self.decisions_topic:
+            for dec in out.decisions:
+                key = f"{dec.topic}/{dec.partition}".encode()
+                self._produce(self.decisions_topic, encode.encode_decision(dec), key, hdrs)
 
-    def write_decisions(self, decisions: Sequence[serde.Decision]) -> None:
-        """Queue decision records (only when a decisions topic is configured)."""
-        if not self.decisions_topic:
-            return
-        hdrs = serde.output_headers()
-        for d in decisions:
-            key = f"{d.topic}/{d.partition}".encode()
-            self._produce(self.decisions_topic, serde.encode_decision(d), key, hdrs)
-
-    def commit(self, offsets: Mapping[TP, int], source: OffsetCommitter,
-               timeout: float = 20.0) -> None:
+    def commit(self, offsets: Mapping[TP, int], timeout: float = 20.0) -> None:
         """Make the queued outputs durable together with the input ``offsets``."""
+        if offsets and self.committer is None:
+            raise SinkError("this sink has no offset committer")
         if self.transactional:
-            self._commit_transaction(offsets, source, timeout)
+            assert self.committer is not None or not offsets
+            self._commit_transaction(offsets, self.committer, timeout)
         else:
             self.flush(timeout)
-            if offsets:
-                source.commit(offsets)
+            if offsets and self.committer is not None:
+                self.committer.commit(offsets)
 
-    def _commit_transaction(self, offsets: Mapping[TP, int], source: OffsetCommitter,
+    def _commit_transaction(self, offsets: Mapping[TP, int], source: OffsetCommitter | None,
                             timeout: float) -> None:
         self.begin()
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            if tps:
+            if tps and source is not None:
                 self.producer.send_offsets_to_transaction(tps, source.group_metadata(), timeout)
             self._commit_retrying(timeout)
         except KafkaException as exc:

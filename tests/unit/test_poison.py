@@ -11,26 +11,27 @@ from collections.abc import Callable
 import numpy as np
 import orjson
 import pytest
-from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from stream_ae import runner as runner_mod
-from stream_ae import serde
-from stream_ae.checkpoint import CheckpointStore
+from stream_ae import decode, encode
 from stream_ae.config import RecordFormat, Settings, producer_max_bytes
+from stream_ae.decode import Decoder
 from stream_ae.errors import ConfigError, GaveUpError, SinkError
-from stream_ae.metrics import Health, ServiceMetrics
-from stream_ae.readers import Columns, TableReader
-from stream_ae.records import DeadLetter, RawMessage, SourcePosition
-from stream_ae.runner import Runner
-from stream_ae.serde import Decoder, RawBlock
+from stream_ae.metrics import Health
+from stream_ae.outputs import Outputs
+from stream_ae.records import DeadLetter, RawBlock, RawMessage, SourcePosition
+from stream_ae.service.loop import ServiceLoop
+from stream_ae.service.main import build_loop, run_restarting
 from stream_ae.sinks.kafka import producer_config
 from stream_ae.sinks.memory import MemorySink
+from stream_ae.sources.files import Columns, FileSource
 from stream_ae.sources.kafka import consumer_config
-from stream_ae.testing import MemoryGroupSource, ThresholdEngine
+from stream_ae.sources.memory import MemoryGroupSource
+from stream_ae.testing import ThresholdEngine
 from stream_ae.windowing import FeatureStage
 
 TP0 = ("s", 0)
+ENGINES = (lambda n: ThresholdEngine(n, 5.0), ThresholdEngine.restore)
 POS = SourcePosition("sensors", 3, 42)
 
 
@@ -43,20 +44,20 @@ def letter(value: bytes | None, headers: tuple[tuple[str, bytes], ...] = (),
 @pytest.mark.parametrize("size", [999_900, 1_000_001, 1_048_000, 5_000_000])
 def test_a_dead_letter_never_exceeds_the_producer_limit(size: int) -> None:
     value = b"{" + b"x" * (size - 1)
-    out = serde.dead_letter_message(letter(value, (("trace", b"t" * 5000),)), 1.0, 1_000_000)
+    out = encode.dead_letter_message(letter(value, (("trace", b"t" * 5000),)), 1.0, 1_000_000)
     h = dict(out.headers)
     assert out.size <= 1_000_000
     assert h["stream-ae.truncated"] == b"true"
     assert h["stream-ae.original-size"] == str(size).encode()
     assert h["stream-ae.original-sha256"] == hashlib.sha256(value).hexdigest().encode()
     assert value.startswith(out.value) and len(out.value) > 990_000
-    assert h["trace"] == b"t" * serde.HEADER_VALUE_BYTES
+    assert h["trace"] == b"t" * encode.HEADER_VALUE_BYTES
     assert h["stream-ae.headers-truncated"] == b"1"
 
 
 def test_a_dead_letter_that_fits_keeps_its_payload_and_has_no_truncation_headers() -> None:
     value = b"{" + b"x" * 999_899
-    out = serde.dead_letter_message(letter(value, (("h", b"1"),)), 1.0)  # default limit
+    out = encode.dead_letter_message(letter(value, (("h", b"1"),)), 1.0)  # default limit
     assert out.value == value and out.key == b"k"
     assert not any(k.startswith("stream-ae.truncated") for k, _ in out.headers)
     assert out.headers[0] == ("h", b"1")
@@ -65,11 +66,11 @@ def test_a_dead_letter_that_fits_keeps_its_payload_and_has_no_truncation_headers
 def test_dead_letter_headers_and_key_are_bounded() -> None:
     many = tuple((f"h{i}" * 200, b"v" * 3000) for i in range(500))
     d = letter(b"x", many, key=b"K" * 100_000, detail="\u00e9" * 10_000)
-    out = serde.dead_letter_message(d, 1.0, 1_000_000)
+    out = encode.dead_letter_message(d, 1.0, 1_000_000)
     h = dict(out.headers)
-    assert len(out.key or b"") == serde.DEAD_LETTER_KEY_BYTES
+    assert len(out.key or b"") == encode.DEAD_LETTER_KEY_BYTES
     assert h["stream-ae.original-key-size"] == b"100000"
-    assert len(h["stream-ae.detail"]) <= serde.DETAIL_BYTES
+    assert len(h["stream-ae.detail"]) <= encode.DETAIL_BYTES
     assert h["stream-ae.detail"].decode() == "\u00e9" * 250  # cut on a character boundary
     originals = [(k, v) for k, v in out.headers if not k.startswith("stream-ae.")]
     assert 0 < len(originals) < 500 and h["stream-ae.headers-truncated"] == b"500"
@@ -97,8 +98,8 @@ def test_feature_names_are_not_inferred_from_hostile_records() -> None:
     long_name = orjson.dumps({"x" * 11: 1.0, "a": 2.0})
     blk = RawBlock("t", 0, [0, 1, 2, 3], [wide, long_name, b'{"key": "k"}', b'{"a": 1, "b": 2}'],
                    [None] * 4, [None] * 4)
-    assert serde.infer_feature_names(blk, fmt) == ("a", "b")
-    decoder, out = serde.decode_inferring(blk, fmt)
+    assert decode.infer_feature_names(blk, fmt) == ("a", "b")
+    decoder, out = decode.decode_inferring(blk, fmt)
     assert decoder is not None and decoder.names == ("a", "b")
     assert [d.reason for d in out.dead_letters] == ["too_many_fields", "field_name_too_long",
                                                     "no_features"]
@@ -110,24 +111,37 @@ def test_configured_names_must_respect_the_limits() -> None:
         Settings.load(None, engine={"features": {"names": ["x" * 200]}})
 
 
-def test_file_reader_rejects_long_keys_and_wide_json_lines(tmp_path: pathlib.Path) -> None:
+def _file_dead_letters(path: pathlib.Path, max_key_length: int = 256, max_fields: int = 1000
+                       ) -> tuple[list[str], list[tuple[int, str]]]:
+    """Keys decoded and (line, reason) of the dead letters of a file, through the decoder."""
+    src = FileSource(path, Columns(key="key"), max_key_length=max_key_length,
+                     max_fields=max_fields)
+    keys, dead = [], []
+    while not src.done:
+        for blk in src.poll_blocks(1000, 0.0):
+            fmt = src.record_format()
+            names = src.roles.features
+            out = Decoder(names, fmt).decode(blk)
+            keys += list(out.batch.keys)
+            dead += [(d.original.position.offset, d.reason) for d in out.dead_letters]
+    return keys, dead
+
+
+def test_file_rows_with_long_keys_or_too_many_fields_are_dead_lettered(
+        tmp_path: pathlib.Path) -> None:
     csv = tmp_path / "k.csv"
     csv.write_text("key,x\nshort,1\n" + "k" * 300 + ",2\nok,3\n")
-    (chunk,) = list(TableReader(csv, Columns(key="key")))
-    assert chunk.keys == ("short", "ok") and [(b.line, b.reason) for b in chunk.bad] == [
-        (3, "key_too_long")]
-    parquet = tmp_path / "k.parquet"
+    assert _file_dead_letters(csv) == (["short", "ok"], [(3, "key_too_long")])
     import pandas as pd
 
+    parquet = tmp_path / "k.parquet"
     pd.DataFrame({"key": ["a", "b" * 20], "x": [1.0, 2.0]}).to_parquet(parquet)
-    (chunk,) = list(TableReader(parquet, Columns(key="key"), max_key_length=10))
-    assert chunk.keys == ("a",) and chunk.bad[0].reason == "key_too_long"
+    assert _file_dead_letters(parquet, max_key_length=10) == (["a"], [(2, "key_too_long")])
     jsonl = tmp_path / "w.jsonl"
-    rows = [{"key": "a", "x": 1}, {f"f{i}": i for i in range(20)}, {"key": "b", "x": 2}]
+    rows = [{"key": "a", "x": 1}, {"key": "w", "x": 0, **{f"f{i}": i for i in range(20)}},
+            {"key": "b", "x": 2}]
     jsonl.write_bytes(b"\n".join(orjson.dumps(r) for r in rows) + b"\n")
-    (chunk,) = list(TableReader(jsonl, Columns(key="key"), max_fields=10))
-    assert chunk.keys == ("a", "b") and [(b.line, b.reason) for b in chunk.bad] == [
-        (2, "too_many_fields")]
+    assert _file_dead_letters(jsonl, max_fields=10) == (["a", "b"], [(2, "too_many_fields")])
 
 
 def test_size_limits_are_consistent_across_producer_and_consumer() -> None:
@@ -171,15 +185,14 @@ def dead_letter_bytes(max_records: int, per_poll: int, msgs: list[bytes | None],
     settings = Settings.load(None, batching={"max_records": max_records, "max_wait_ms": 1},
                              checkpoint={"directory": str(tmp)},
                              record={"max_message_bytes": 2000})
-    sink = MemorySink()
-    r = Runner(settings, HeaderSource({TP0: msgs}, max_per_poll=per_poll), sink,
-               CheckpointStore(tmp), make_engine=lambda n: ThresholdEngine(n, 5.0),
-               restore_engine=ThresholdEngine.restore)
+    src = HeaderSource({TP0: msgs}, max_per_poll=per_poll)
+    sink = MemorySink(src.committer())
+    loop = build_loop(settings, src, sink, ENGINES)
     with capture_logs():
-        r.run_until_idle()
+        loop.run_until_idle()
     out = {}
     for d in sink.dead_letters:
-        m = serde.dead_letter_message(d, 0.0, 20_000)
+        m = encode.dead_letter_message(d, 0.0, 20_000)
         out[d.original.position.offset] = (m.value, m.key, m.headers)
     return out
 
@@ -241,42 +254,67 @@ class PoisonSink(MemorySink):
     """Refuses any batch holding a dead letter of offset ``bad`` (as the producer refused an
     unbounded dead letter before), fine otherwise."""
 
-    def __init__(self, bad: int) -> None:
-        super().__init__()
+    def __init__(self, committer: object, bad: int) -> None:
+        super().__init__(committer)  # type: ignore[arg-type]
         self.bad = bad
 
-    def write(self, alerts: object = (), dead_letters: object = (), events: object = ()) -> None:
-        if any(d.original.position.offset == self.bad for d in dead_letters):  # type: ignore[attr-defined]
+    def write(self, out: Outputs) -> None:
+        if any(d.original.position.offset == self.bad for d in out.dead_letters):
             raise SinkError("produce to dlq failed: MSG_SIZE_TOO_LARGE")
-        super().write(alerts, dead_letters, events)  # type: ignore[arg-type]
+        super().write(out)
 
 
 def test_the_service_gives_up_after_repeated_failures_at_the_same_offsets(
-        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: pathlib.Path) -> None:
     settings = Settings.load(None, batching={"max_records": 4, "max_wait_ms": 1},
-                             checkpoint={"directory": str(tmp_path)},
-                             service={"max_restarts_same_offset": 3})
+                             checkpoint={"directory": str(tmp_path)})
     msgs = [b'{"a": 1}'] * 10 + [b"{poison"] + [b'{"a": 2}'] * 10
-    health = Health(progress_timeout=1e9)
-    built: list[MemoryGroupSource] = []
+    committed: dict[tuple[str, int], int] = {}  # the group coordinator's offsets
+    built: list[ServiceLoop] = []
 
-    def build(*args: object) -> Runner:
-        committed = built[-1].committed if built else {}
+    def build() -> ServiceLoop:
         src = MemoryGroupSource({TP0: msgs}, committed=committed, max_per_poll=4)
-        built.append(src)
-        return Runner(settings, src, PoisonSink(bad=10), CheckpointStore(tmp_path),
-                      make_engine=lambda n: ThresholdEngine(n, 5.0),
-                      restore_engine=ThresholdEngine.restore, health=health)
+        src.committed = committed  # shared across restarts, as the broker's
+        built.append(build_loop(settings, src, PoisonSink(src.committer(), bad=10), ENGINES))
+        return built[-1]
 
-    monkeypatch.setattr(runner_mod, "build_runner", build)
-    stop = threading.Event()
     with capture_logs() as logs, pytest.raises(GaveUpError, match="3 times"):
-        runner_mod._run_restarting(settings, None, ServiceMetrics(CollectorRegistry()),
-                                   health, stop, backoff_s=0.0)
+        run_restarting(build, threading.Event(), backoff_s=0.0, max_same_offset=3)
     events = [e["event"] for e in logs]
-    assert events.count("service_restarting") == 2 and events[-1] != "service_restarting"
-    assert "service_gave_up" in events and len(built) == 3
-    assert built[-1].committed == {TP0: 8}  # the batches before the poison were committed
+    assert events.count("service_restarting") == 2 and "service_gave_up" in events
+    assert len(built) == 3 and [lp.failed_at for lp in built] == [{TP0: 8}] * 3
+    assert committed == {TP0: 8}  # the batches before the poison were committed
+
+
+def test_failures_at_different_offsets_or_outside_a_batch_do_not_give_up(
+        tmp_path: pathlib.Path) -> None:
+    settings = Settings.load(None, batching={"max_records": 4, "max_wait_ms": 1},
+                             checkpoint={"directory": str(tmp_path)})
+    msgs = [b'{"a": 1}'] * 40
+    committed: dict[tuple[str, int], int] = {}
+    stop, attempts = threading.Event(), [0]
+
+    class FlakySink(MemorySink):
+        def open(self) -> None:
+            attempts[0] += 1
+            if attempts[0] % 2 == 0:  # every other start fails before any batch (an outage)
+                raise SinkError("cannot start producer")
+
+        def commit(self, offsets: object, timeout: float = 60.0) -> None:
+            if self.commits == 1:  # the second batch of every run fails
+                raise SinkError("transaction lost")
+            super().commit(offsets, timeout)  # type: ignore[arg-type]
+            if committed.get(TP0) == len(msgs):
+                stop.set()
+
+    def build() -> ServiceLoop:
+        src = MemoryGroupSource({TP0: msgs}, committed=committed, max_per_poll=4)
+        src.committed = committed
+        return build_loop(settings, src, FlakySink(src.committer()), ENGINES)
+
+    with capture_logs():
+        run_restarting(build, stop, backoff_s=0.0, max_same_offset=2)
+    assert committed == {TP0: 40} and attempts[0] >= 19  # 10 runs, 9 failed starts
 
 
 # --------------------------------------------------------------------------- memory
@@ -305,11 +343,12 @@ def test_the_run_command_exits_non_zero_when_the_service_gives_up(
     from typer.testing import CliRunner
 
     from stream_ae.cli import app
+    from stream_ae.service import main as service_main
 
-    def gives_up(settings: Settings, decisions: str | None) -> None:
+    def gives_up(settings: Settings, **kw: object) -> None:
         raise GaveUpError("a batch failed 5 times at the same committed offsets {('s', 0): 8}")
 
-    monkeypatch.setattr(runner_mod, "run_service", gives_up)
+    monkeypatch.setattr(service_main, "run_service", gives_up)
     result = CliRunner().invoke(app, ["run"])
     assert result.exit_code == 1
     assert "gave up: a batch failed 5 times" in result.output
