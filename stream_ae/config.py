@@ -48,7 +48,10 @@ class FeaturesConfig(_Frozen):
         description="NaN/inf/missing values: reject the record (dead letter) or carry the key's "
         "last value forward.",
     )
-    max_keys: int = Field(default=100_000, ge=1, description="Per-key lag buffers kept (LRU).")
+    max_keys: int = Field(default=100_000, ge=1, description="Per-key lag buffers kept (LRU): "
+                          "the least recently seen key's history is dropped, so memory stays "
+                          "bounded (about max_keys x (4 x features x max(lags, 1) + 200) bytes) "
+                          "whatever the number of distinct keys.")
 
     @field_validator("names", mode="before")
     @classmethod
@@ -225,7 +228,22 @@ class RecordFormat(_Frozen):
     timestamp_field: str = Field(default="ts", description="Event time (epoch seconds/ms or "
                                  "ISO-8601); the Kafka timestamp is used when absent.")
     label_field: str | None = Field(default=None, description="Optional 0/1 label field.")
-    max_message_bytes: int = Field(default=1_000_000, ge=64)
+    max_message_bytes: int = Field(
+        default=1_000_000, ge=64,
+        description="Largest input message value decoded; larger ones are dead-lettered "
+        "('oversized'). The producer's message.max.bytes (kafka.max_message_bytes) defaults to "
+        "this plus 32 KiB so such a dead letter keeps its whole payload; a dead letter that "
+        "would exceed the producer limit keeps a prefix and says so in its headers.")
+    max_key_length: int = Field(default=256, ge=1, description="Longest sensor key (JSON "
+                                "field, message key or file key column), in characters; longer "
+                                "ones are dead-lettered ('key_too_long').")
+    max_fields: int = Field(default=1000, ge=1, description="Most fields in one JSON object; "
+                            "more: dead letter ('too_many_fields'). Also bounds the feature "
+                            "names taken from the first record.")
+    max_field_name_length: int = Field(default=128, ge=1, description="Longest feature name "
+                                       "taken from a record when engine.features.names is "
+                                       "empty; a record with a longer numeric field is not used "
+                                       "for the names ('field_name_too_long').")
 
 
 class KafkaConfig(_Frozen):
@@ -245,6 +263,17 @@ class KafkaConfig(_Frozen):
     transactional_id: str | None = Field(default=None, description="Stable per instance; default "
                                          "'<group_id>-<hostname>'.")
     session_timeout_ms: int = 10_000
+    max_message_bytes: int | None = Field(
+        default=None, ge=16_384, description="Producer message.max.bytes: the largest alert, "
+        "event or dead letter (value, key and headers) this service publishes; bigger dead "
+        "letters are truncated to fit. Default: record.max_message_bytes + 32768. The output "
+        "topics' (and the broker's) max.message.bytes must be at least this (Kafka's default "
+        "1048588 fits the default 1032768).")
+    fetch_max_bytes: int = Field(
+        default=52_428_800, ge=1024, description="Consumer fetch.max.bytes (and "
+        "receive.message.max.bytes above it); max.partition.fetch.bytes is set to "
+        "max(1 MiB, the producer limit). Brokers return a larger message alone, so any "
+        "input size is consumed; this bounds the memory one fetch takes.")
     security_protocol: str | None = None
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -285,6 +314,23 @@ class MetricsConfig(_Frozen):
     port: int = Field(default=9108, ge=0, le=65535)
 
 
+class ServiceConfig(_Frozen):
+    """Liveness and give-up rules of the long-running service."""
+
+    progress_timeout_s: float = Field(default=300.0, gt=0.0, description="/healthz answers 503 "
+                                      "when no batch was committed for this long while there "
+                                      "is input (pending records or consumer lag > 0), so an "
+                                      "orchestrator restarts a wedged instance.")
+    max_restarts_same_offset: int = Field(default=5, ge=1, description="Consecutive batch "
+                                          "failures at the same committed offsets (each one "
+                                          "restarts the service in-process) after which it "
+                                          "gives up: error 'service_gave_up', exit status 1. "
+                                          "Failures before a batch (e.g. a broker outage while "
+                                          "connecting) do not count.")
+    restart_backoff_s: float = Field(default=2.0, ge=0.0, description="Wait before an "
+                                     "in-process restart.")
+
+
 class LogConfig(_Frozen):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -305,6 +351,7 @@ class Settings(BaseSettings):
     batching: BatchingConfig = BatchingConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics: MetricsConfig = MetricsConfig()
+    service: ServiceConfig = ServiceConfig()
     log: LogConfig = LogConfig()
 
     @model_validator(mode="after")
@@ -312,6 +359,13 @@ class Settings(BaseSettings):
         t = self.engine.training
         if t.batch_size > t.window:
             raise ValueError("engine.training.batch_size must be <= engine.training.window")
+        names, r = self.engine.features.names, self.record
+        if len(names) > r.max_fields or any(len(n) > r.max_field_name_length for n in names):
+            raise ValueError("engine.features.names exceed record.max_fields or "
+                             "record.max_field_name_length")
+        if producer_max_bytes(self) > self.kafka.fetch_max_bytes:
+            raise ValueError("kafka.fetch_max_bytes must be >= the producer limit "
+                             "(kafka.max_message_bytes)")
         return self
 
     @classmethod
@@ -338,6 +392,17 @@ class Settings(BaseSettings):
             return cls(**data)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+
+
+def producer_max_bytes(settings: Settings) -> int:
+    """The producer's ``message.max.bytes``: ``kafka.max_message_bytes`` or the input limit
+    plus room for a dead letter's key and headers.
+
+    >>> producer_max_bytes(Settings())
+    1032768
+    """
+    explicit = settings.kafka.max_message_bytes
+    return explicit if explicit is not None else settings.record.max_message_bytes + 32_768
 
 
 def read_config_file(path: str | pathlib.Path) -> dict[str, Any]:
