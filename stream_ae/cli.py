@@ -256,12 +256,17 @@ def run_cmd(
     """
     import functools
 
+    from stream_ae.errors import GaveUpError
     from stream_ae.service.main import kafka_loop, run_service
     from stream_ae.sources.kafka import probe_broker
 
     settings = _settings(config, sets)
     probe_broker(settings.kafka)  # a wrong address is an error now, not a silent retry loop
-    run_service(settings, build=functools.partial(kafka_loop, decisions_topic=decisions_topic))
+    try:
+        run_service(settings, build=functools.partial(kafka_loop, decisions_topic=decisions_topic))
+    except GaveUpError as exc:
+        typer.echo(f"stream-ae run gave up: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @schema_app.command("alert")

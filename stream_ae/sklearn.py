@@ -22,10 +22,10 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from stream_ae.config import EngineConfig
+from stream_ae.config import EngineConfig, FeaturesConfig, TrainingConfig
 from stream_ae.records import Batch, StepResult
 
 __all__ = ["AutoencoderOutlierDetector"]
@@ -39,7 +39,11 @@ class AutoencoderOutlierDetector(OutlierMixin, BaseEstimator):  # type: ignore[m
     ``fit(X)`` makes a fresh engine whose warm-up is all of ``X``: the scaler is fitted, the
     model trained (``epochs`` epochs, or the exact PCA fit of a linear autoencoder), and the
     threshold primed with the in-sample reconstruction errors at the ``1 - contamination``
-    quantile, so ``contamination`` of the training rows are outliers, as in PyOD.
+    quantile, so ``contamination`` of the training rows are outliers, as in PyOD (the
+    engine's ``quantile`` decision mode). ``contamination="auto"`` keeps the engine's own
+    calibrated decision instead (``decision.mode`` of ``config``, by default the false-alarm
+    budget: tail probabilities per key and accumulated evidence; see
+    ``docs/engine.md``), as scikit-learn's ``"auto"`` leaves the offset to the algorithm.
     ``partial_fit(X)`` then passes ``X`` through ``Engine.step``: each row is scored, then
     learnt at the engine's boundaries (flagged rows never train it), and the threshold
     becomes the engine's rolling quantile of recent scores. ``predict`` is the engine's own
@@ -50,7 +54,7 @@ class AutoencoderOutlierDetector(OutlierMixin, BaseEstimator):  # type: ignore[m
     ----------
     contamination
         Expected fraction of outliers, in (0, 0.5]: the threshold is the ``1 - contamination``
-        quantile of the scores.
+        quantile of the scores. ``"auto"``: the engine's calibrated decision.
     hidden
         Encoder hidden widths (the decoder mirrors them); empty: a linear autoencoder.
     bottleneck
@@ -96,7 +100,7 @@ class AutoencoderOutlierDetector(OutlierMixin, BaseEstimator):  # type: ignore[m
     """
 
     _parameter_constraints: dict[str, list[Any]] = {  # noqa: RUF012 - scikit-learn's layout
-        "contamination": [Interval(Real, 0.0, 0.5, closed="right")],
+        "contamination": [StrOptions({"auto"}), Interval(Real, 0.0, 0.5, closed="right")],
         "hidden": [tuple],
         "bottleneck": [Interval(Integral, 0, None, closed="left")],
         "epochs": [Interval(Integral, 0, None, closed="left")],
@@ -106,7 +110,7 @@ class AutoencoderOutlierDetector(OutlierMixin, BaseEstimator):  # type: ignore[m
 
     def __init__(
         self,
-        contamination: float = 0.1,
+        contamination: float | str = 0.1,
         hidden: tuple[int, ...] = (),
         bottleneck: int = 0,
         epochs: int = 100,
@@ -177,19 +181,19 @@ class AutoencoderOutlierDetector(OutlierMixin, BaseEstimator):  # type: ignore[m
         self.offset_ = -self.threshold_
 
     def _engine_config(self, n: int) -> EngineConfig:
-        cfg = self.config if self.config is not None else EngineConfig()
+        cfg = self.config if self.config is not None else _notebook_defaults()
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        upd = {
+        upd: dict[str, Any] = {
             "model": cfg.model.model_copy(update={"hidden": tuple(self.hidden),
                                                   "bottleneck": self.bottleneck, "seed": seed}),
             "training": cfg.training.model_copy(update={
                 "warmup": n, "warmup_epochs": self.epochs, "holdout": 0.0,
                 "window": max(cfg.training.window, n)}),
-            "threshold": cfg.threshold.model_copy(update={
-                "q": 1.0 - self.contamination, "window": max(cfg.threshold.window, n)}),
         }
-        if self.config is None:
-            upd["training"] = upd["training"].model_copy(update={"warmup_fit": "pca"})
+        if self.contamination != "auto":
+            upd["threshold"] = cfg.threshold.model_copy(update={
+                "q": 1.0 - float(self.contamination), "window": max(cfg.threshold.window, n)})
+            upd["decision"] = cfg.decision.model_copy(update={"mode": "quantile"})
         return EngineConfig.model_validate(cfg.model_copy(update=upd).model_dump())
 
     def __getstate__(self) -> dict[str, Any]:
@@ -211,3 +215,15 @@ class AutoencoderOutlierDetector(OutlierMixin, BaseEstimator):  # type: ignore[m
         tags.input_tags.allow_nan = False
         tags.non_deterministic = False
         return tags
+
+
+def _notebook_defaults() -> EngineConfig:
+    """The engine's defaults for tables: rows are independent (no lags), and a linear
+    autoencoder gets its exact PCA fit.
+
+    >>> c = _notebook_defaults()
+    >>> (c.features.lags, c.training.warmup_fit)
+    (0, 'pca')
+    """
+    return EngineConfig(features=FeaturesConfig(lags=0),
+                        training=TrainingConfig(warmup_fit="pca"))

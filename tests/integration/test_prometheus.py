@@ -72,9 +72,10 @@ class Prom:
         assert data["resultType"] == "vector", data
         return list(data["result"])
 
-    def wait(self, what: str, ok: Any, timeout: float = 90.0) -> None:
+    def wait(self, what: str, ok: Any, alive: Any, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            assert alive(), f"the service exited while waiting for {what} (see service.log)"
             with contextlib.suppress(OSError):
                 if ok():
                     return
@@ -118,7 +119,7 @@ def test_prometheus_scrapes_the_service_and_every_dashboard_query_returns_data(
     metrics_port, web_port = free_port(), free_port()
     cfg = service_config(bootstrap, tag, tmp_path,
                          metrics={"enabled": True, "host": "127.0.0.1", "port": metrics_port},
-                         engine={"regime": {"run_length": 100}})
+                         engine={"regime": {"after_records": 100}})
     data = {p: shifted(p) for p in (0, 1)}
     half = N // 2
     for p, values in data.items():
@@ -132,12 +133,14 @@ def test_prometheus_scrapes_the_service_and_every_dashboard_query_returns_data(
     with process(prom_args, tmp_path / "prometheus.log"), \
             process(service_args, tmp_path / "service.log") as service:
         # the first half scraped before the second is produced: rate() sees the counter move
-        prom.wait("records_in reaching the first half", lambda: records_in(prom) == [2.0 * half])
+        alive = lambda: service.poll() is None  # noqa: E731
+        prom.wait("records_in reaching the first half", lambda: records_in(prom) == [2.0 * half],
+                  alive)
         for p, values in data.items():
             produce(bootstrap, topics["in"], p, values[half:])
-        wait_committed(bootstrap, cfg["kafka"]["group_id"], topics["in"], [N, N],
-                       alive=lambda: service.poll() is None)
-        prom.wait("records_in reaching the produced count", lambda: records_in(prom) == [2.0 * N])
+        wait_committed(bootstrap, cfg["kafka"]["group_id"], topics["in"], [N, N], alive=alive)
+        prom.wait("records_in reaching the produced count", lambda: records_in(prom) == [2.0 * N],
+                  alive)
         time.sleep(2.5)
         assert [r["value"][1] for r in prom.query('up{job="stream-ae"}')] == ["1"]
         empty = [(title, expr) for title, expr in dashboard_queries() if not prom.query(expr)]
