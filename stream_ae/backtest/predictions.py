@@ -37,8 +37,10 @@ class PredictionWriter:
 
 
 def result_columns(n: int, res: StepResult | None) -> dict[str, Any]:
-    """``score``, ``threshold``, ``is_anomaly``, ``warmup`` of ``n`` rows (NaN / 0 when the
-    engine saw none of them) and their ``error`` (``rejected:<reason>`` or empty)."""
+    """``score``, ``threshold``, ``grade``, ``is_anomaly``, ``warmup``, ``incident`` (the
+    line/offset of the first flagged record of the row's incident, -1 for none) of ``n``
+    rows (NaN / 0 / -1 when the engine saw none of them) and their ``error``
+    (``rejected:<reason>`` or empty)."""
     error = [""] * n
     for row, reason in res.rejected if res is not None else ():
         error[row] = f"rejected:{reason}"
@@ -46,8 +48,11 @@ def result_columns(n: int, res: StepResult | None) -> dict[str, Any]:
     return {
         "score": nan if res is None else res.scores,
         "threshold": nan if res is None else res.thresholds,
+        "grade": nan if res is None or res.grades is None else res.grades,
         "is_anomaly": np.zeros(n, np.int8) if res is None else res.is_anomaly.astype(np.int8),
         "warmup": np.zeros(n, np.int8) if res is None else res.warmup.astype(np.int8),
+        "incident": (np.full(n, -1, np.int64) if res is None or res.incident is None
+                     else res.incident),
         "error": error,
     }
 
@@ -56,9 +61,11 @@ def with_unscored(frame: pd.DataFrame, bad: pd.DataFrame, order: str) -> pd.Data
     """Prediction rows plus rows that were never scored (``bad``: position and ``error``),
     in input order (by ``order``); labels as nullable integers (empty when unknown)."""
     if len(bad):
-        bad = bad.assign(is_anomaly=0, warmup=0)
+        bad = bad.assign(is_anomaly=0, warmup=0, incident=-1)
         frame = pd.concat([frame, bad], ignore_index=True).sort_values(order, kind="stable")
         frame[["is_anomaly", "warmup"]] = frame[["is_anomaly", "warmup"]].astype(np.int8)
+        if "incident" in frame:
+            frame["incident"] = frame["incident"].astype(np.int64)
     if "label" in frame:
         frame["label"] = frame["label"].astype("Int64")
     return frame
