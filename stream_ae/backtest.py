@@ -135,6 +135,7 @@ class ResultCollector:
         self._cols: dict[str, list[Any]] = {k: [] for k in
                                             ("group", "time", "score", "threshold",
                                              "is_anomaly", "warmup", "label", "row")}
+        self._groups: dict[str, int] = {}
         self._top: list[tuple[float, int, TopAlert]] = []
         self._drift: list[DriftMark] = []
         self._bad: list[BadRow] = []
@@ -144,9 +145,16 @@ class ResultCollector:
     def add_rows(self, groups: Sequence[str], times: F64, scores: F64, thresholds: F64,
                  flags: Bool, warmup: Bool, labels: I64, rows: I64) -> None:
         """Append rows (NaN score: not scored)."""
-        for name, values in zip(self._cols, (list(groups), times, scores, thresholds, flags,
-                                             warmup, labels, rows), strict=True):
+        for name, values in zip(self._cols, (self._codes(groups), times, scores, thresholds,
+                                             flags, warmup, labels, rows), strict=True):
             self._cols[name].append(np.asarray(values))
+
+    def _codes(self, groups: Sequence[str]) -> I64:
+        """Groups as codes into one list of distinct names: memory per row stays 8 bytes
+        whatever the key length (pandas text columns copy every row's string)."""
+        index = self._groups
+        return np.fromiter((index.setdefault(g, len(index)) for g in groups), np.int64,
+                           len(groups))
 
     def add_step(self, groups: Sequence[str], times: F64, labels: I64 | None, rows: I64,
                  res: StepResult) -> None:
@@ -201,9 +209,12 @@ class ResultCollector:
 
     def frame(self) -> pd.DataFrame:
         """Every row so far in the report layout (plus ``row``: line or offset)."""
-        cols = {k: (np.concatenate(v) if v else np.array([])) for k, v in self._cols.items()}
+        cols: dict[str, Any] = {k: (np.concatenate(v) if v else np.array([], np.int64))
+                                for k, v in self._cols.items()}
+        # categorical over an object index: one string per distinct group, shared by its rows
+        names = pd.Index(list(self._groups), dtype=object)
+        cols["group"] = pd.Categorical.from_codes(cols["group"], categories=names)
         frame = pd.DataFrame(cols)
-        frame["group"] = frame["group"].astype(str)
         frame["is_anomaly"] = frame["is_anomaly"].astype(bool)
         frame["warmup"] = frame["warmup"].astype(bool)
         frame["label"] = frame["label"].astype(np.int64)
@@ -240,27 +251,64 @@ def evaluate_frame(frame: pd.DataFrame) -> tuple[Metrics | None, list[EpisodeDel
 
 # --------------------------------------------------------------------------- predictions
 class PredictionWriter:
-    """Appends prediction rows to a CSV file, header first.
+    """Appends prediction rows to a CSV file (header first) or, when the path ends in
+    ``.parquet``, to a Parquet file; columnar (pyarrow), one schema for the whole file.
+
+    Missing values (NaN, None) are written as empty CSV fields / Parquet nulls. Call
+    :meth:`close` at the end (a Parquet file is not readable before).
 
     Examples
     --------
     >>> import tempfile
     >>> w = PredictionWriter(pathlib.Path(tempfile.mkdtemp()) / "p.csv")
     >>> w.write(pd.DataFrame({"score": [1.5]})); w.write(pd.DataFrame({"score": [2.0]}))
-    >>> w.path.read_text().split()
-    ['score', '1.5', '2.0']
+    >>> w.close(); w.path.read_text().split()
+    ['"score"', '1.5', '2']
     """
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
-        self._started = False
+        self._writer: Any = None
+        self._schema: Any = None
+
+    @property
+    def parquet(self) -> bool:
+        return self.path.suffix.lower() in (".parquet", ".pq")
 
     def write(self, frame: pd.DataFrame) -> None:
-        if not self._started:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(self.path, mode="a" if self._started else "w", header=not self._started,
-                     index=False)
-        self._started = True
+        import pyarrow as pa
+
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self._writer is None:
+            self._open(table.schema)
+        elif table.schema != self._schema:
+            table = table.select(self._schema.names).cast(self._schema)
+        self._writer.write_table(table)
+
+    def _open(self, schema: Any) -> None:
+        import pyarrow as pa
+
+        # a column that is all-missing in the first block has no type yet: text, which every
+        # later value of a prediction column casts to
+        fields = [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
+                  for f in schema]
+        self._schema = pa.schema(fields)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.parquet:
+            import pyarrow.parquet as pq
+
+            self._writer = pq.ParquetWriter(self.path, self._schema)
+        else:
+            import pyarrow.csv as pcsv
+
+            self._writer = pcsv.CSVWriter(self.path, self._schema, write_options=pcsv.
+                                          WriteOptions(quoting_style="needed"))
+
+    def close(self) -> None:
+        """Finish the file (idempotent)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
 
 def result_columns(n: int, res: StepResult | None) -> dict[str, Any]:
@@ -341,14 +389,18 @@ def run_file_backtest(settings: Settings, source: FileInput, output: pathlib.Pat
     engine: Engine | None = None
     collector: ResultCollector | None = None
     with progress_bar("backtest", reader.size_bytes(), progress) as bar:
-        for chunk in reader:
-            if engine is None:
-                engine, collector = _start(settings, reader)
-            assert collector is not None
-            res = engine.step(chunk.to_batch()) if len(chunk) else None
-            writer.write(file_predictions(chunk, res, reader.roles))
-            _collect_chunk(collector, chunk, res)
-            bar.update(bar.task_ids[0], completed=chunk.bytes_read, records=collector.records)
+        try:
+            for chunk in reader:
+                if engine is None:
+                    engine, collector = _start(settings, reader)
+                assert collector is not None
+                res = engine.step(chunk.to_batch()) if len(chunk) else None
+                writer.write(file_predictions(chunk, res, reader.roles))
+                _collect_chunk(collector, chunk, res)
+                bar.update(bar.task_ids[0], completed=chunk.bytes_read,
+                           records=collector.records)
+        finally:
+            writer.close()
     if collector is None:
         raise SourceError(f"{source.path} holds no rows")
     return finish(collector, output, f"Backtest of {source.path.name}",
@@ -639,7 +691,8 @@ def run_topic_backtest(settings: Settings, inp: TopicInput, output: pathlib.Path
     alerts: AlertFile | AlertTopic = (
         AlertTopic(settings.kafka, inp.alerts_topic) if inp.alerts_topic
         else AlertFile(inp.alerts_file or output.with_suffix(".alerts.jsonl")))
-    replay = TopicReplay(settings, PredictionWriter(output), alerts, engines, names)
+    writer = PredictionWriter(output)
+    replay = TopicReplay(settings, writer, alerts, engines, names)
     source = TopicReplaySource(settings.kafka, inp.topic, inp.start, inp.end, offsets)
     source.open()
     clock = TimeProgress(inp.start.value if inp.start.kind == "time" else None,
@@ -655,6 +708,7 @@ def run_topic_backtest(settings: Settings, inp: TopicInput, output: pathlib.Path
     finally:
         source.close()
         alerts.close()
+        writer.close()
     if replay.collector is None or replay.collector.records == 0:
         raise SourceError(f"no records in topic {inp.topic} between the given start and end")
     where = inp.alerts_topic or str(getattr(alerts, "path", ""))
