@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 
 from stream_ae.evaluation import EpisodeDelay, episodes
-from stream_ae.readers import BadRow
 
 if TYPE_CHECKING:  # matplotlib (~0.7 s to import) is loaded when a figure is drawn
     from matplotlib.axes import Axes
@@ -45,6 +44,15 @@ MAX_POINTS = 4000  # points per line of a panel (a min/max envelope of longer se
 MAX_MARKERS = 5000  # alert markers per panel (evenly thinned beyond)
 MAX_LABEL_CHARS = 48  # group names in titles, ticks and tables are cut to this
 REPORT_COLUMNS = ("group", "time", "score", "threshold", "is_anomaly", "warmup", "label")
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """An input row that was not scored: where it is (line or offset) and why."""
+
+    line: int
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)

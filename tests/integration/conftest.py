@@ -8,10 +8,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from stream_ae.broker import EmbeddedBroker, create_topics
+from stream_ae.apps.broker import EmbeddedBroker, create_topics
 from stream_ae.testing import external_bootstrap, unique_name
 
-torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

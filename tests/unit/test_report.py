@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from stream_ae.evaluation import EpisodeDelay
-from stream_ae.readers import BadRow
+from stream_ae.report import BadRow
 from stream_ae.report import (
     MAX_GROUP_PLOTS,
     MAX_POINTS,
@@ -103,7 +103,7 @@ def test_long_series_are_thinned_for_line_plots() -> None:
 _PEAK_RSS = """
 import resource, sys, pathlib
 import numpy as np
-from stream_ae.backtest import ResultCollector, evaluate_frame
+from stream_ae.backtest.collect import ResultCollector, evaluate_frame
 from stream_ae.report import write_reports
 n, keys, width, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rng = np.random.default_rng(0)
