@@ -11,8 +11,10 @@ started one after the other (interleaved, ``--repeats`` times, medians shown):
   same file in one process: read it with pyarrow, min-max scale it, ``score_one`` +
   ``learn_one`` per record, write the scores as CSV.
 
-Both are timed from process start to exit (interpreter start and imports included).
-Machines are shared and noisy: compare the ratio measured in one run.
+Both are timed from process start to exit (interpreter start and imports included), in
+wall seconds and in CPU seconds of the process (user + system, all threads: less
+sensitive to other load on a shared machine). Machines are shared and noisy: compare the
+ratios measured in one run.
 
     .venv/bin/python benchmarks/backtest_wall.py [--rows 200000] [--repeats 3]
 """
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import resource
 import subprocess
 import sys
 import tempfile
@@ -63,12 +66,17 @@ def make_file(path: pathlib.Path, rows: int, features: int, seed: int = 0) -> No
     frame.to_parquet(path, index=False)
 
 
-def timed(cmd: list[str]) -> float:
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, all threads) of one child process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env=env)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
 
 
 def main() -> None:
@@ -83,7 +91,7 @@ def main() -> None:
     if args.input is None:
         make_file(src, args.rows, args.features)
     py = sys.executable
-    runs: dict[str, list[float]] = {
+    runs: dict[str, list[tuple[float, float]]] = {
         "stream-ae backtest -o pred.csv (defaults, reports)": [],
         "stream-ae backtest -o pred.parquet": [],
         "river HalfSpaceTrees, one process": [],
@@ -100,13 +108,17 @@ def main() -> None:
         for name, cmd in zip(runs, cmds, strict=True):
             runs[name].append(timed(cmd))
     rows = args.rows if args.input is None else _rows(src)
-    river = float(np.median(runs["river HalfSpaceTrees, one process"]))
+    peer = runs["river HalfSpaceTrees, one process"]
+    river = float(np.median([w for w, _ in peer]))
+    river_cpu = float(np.median([c for _, c in peer]))
     print(f"| {rows:,} rows, process start to exit | wall s (median of {args.repeats}) "
-          "| rec/s | x river |")
-    print("|---|---:|---:|---:|")
+          "| rec/s | x river (wall) | CPU s | x river (CPU) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, times in runs.items():
-        wall = float(np.median(times))
-        print(f"| {name} | {wall:.2f} | {rows / wall:,.0f} | {river / wall:.2f} |")
+        wall = float(np.median([w for w, _ in times]))
+        cpu = float(np.median([c for _, c in times]))
+        print(f"| {name} | {wall:.2f} | {rows / wall:,.0f} | {river / wall:.2f} | {cpu:.2f} "
+              f"| {river_cpu / cpu:.2f} |")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
