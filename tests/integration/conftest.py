@@ -6,11 +6,9 @@ import pathlib
 from collections.abc import Iterator
 
 import pytest
-import torch
 
 from stream_ae.apps.broker import EmbeddedBroker, create_topics
 from stream_ae.testing import external_bootstrap, unique_name
-
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

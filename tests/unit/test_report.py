@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from stream_ae.evaluation import EpisodeDelay
-from stream_ae.report import BadRow
 from stream_ae.report import (
     MAX_GROUP_PLOTS,
     MAX_POINTS,
+    BadRow,
     DriftMark,
     ReportData,
     TopAlert,
