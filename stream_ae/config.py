@@ -315,6 +315,10 @@ class BatchingConfig(_Frozen):
 
     max_records: int = Field(default=4096, ge=1)
     max_wait_ms: int = Field(default=200, ge=1)
+    adaptive: bool = Field(default=True, description="A batch is also due as soon as the "
+                           "consumer has nothing more fetched: small batches when input is "
+                           "slow (latency), full ones under load (throughput). False: wait "
+                           "for max_records or max_wait_ms.")
 
 
 class CheckpointConfig(_Frozen):

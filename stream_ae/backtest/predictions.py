@@ -13,27 +13,64 @@ from stream_ae.records import StepResult
 
 
 class PredictionWriter:
-    """Appends prediction rows to a CSV file, header first.
+    """Appends prediction rows to a CSV file (header first) or, when the path ends in
+    ``.parquet``, to a Parquet file; columnar (pyarrow), one schema for the whole file.
+
+    Missing values (NaN, None) are written as empty CSV fields / Parquet nulls. Call
+    :meth:`close` at the end (a Parquet file is not readable before).
 
     Examples
     --------
     >>> import tempfile
     >>> w = PredictionWriter(pathlib.Path(tempfile.mkdtemp()) / "p.csv")
     >>> w.write(pd.DataFrame({"score": [1.5]})); w.write(pd.DataFrame({"score": [2.0]}))
-    >>> w.path.read_text().split()
-    ['score', '1.5', '2.0']
+    >>> w.close(); w.path.read_text().split()
+    ['"score"', '1.5', '2']
     """
 
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
-        self._started = False
+        self._writer: Any = None
+        self._schema: Any = None
+
+    @property
+    def parquet(self) -> bool:
+        return self.path.suffix.lower() in (".parquet", ".pq")
 
     def write(self, frame: pd.DataFrame) -> None:
-        if not self._started:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(self.path, mode="a" if self._started else "w", header=not self._started,
-                     index=False)
-        self._started = True
+        import pyarrow as pa
+
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self._writer is None:
+            self._open(table.schema)
+        elif table.schema != self._schema:
+            table = table.select(self._schema.names).cast(self._schema)
+        self._writer.write_table(table)
+
+    def _open(self, schema: Any) -> None:
+        import pyarrow as pa
+
+        # a column that is all-missing in the first block has no type yet: text, which every
+        # later value of a prediction column casts to
+        fields = [pa.field(f.name, pa.string()) if pa.types.is_null(f.type) else f
+                  for f in schema]
+        self._schema = pa.schema(fields)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.parquet:
+            import pyarrow.parquet as pq
+
+            self._writer = pq.ParquetWriter(self.path, self._schema)
+        else:
+            import pyarrow.csv as pcsv
+
+            self._writer = pcsv.CSVWriter(self.path, self._schema, write_options=pcsv.
+                                          WriteOptions(quoting_style="needed"))
+
+    def close(self) -> None:
+        """Finish the file (idempotent)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
 
 def result_columns(n: int, res: StepResult | None) -> dict[str, Any]:

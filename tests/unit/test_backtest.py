@@ -198,3 +198,34 @@ def test_bundled_sample_is_small_and_labelled(tmp_path: pathlib.Path) -> None:
     assert sample.stat().st_size < 1_000_000
     frame = pd.read_csv(sample)
     assert {"key", "ts", "label"} <= set(frame.columns) and frame["label"].sum() > 0
+
+
+def test_parquet_predictions_hold_the_same_rows_as_csv(
+        frame: pd.DataFrame, tmp_path: pathlib.Path,
+        csv_run: tuple[pathlib.Path, pd.DataFrame]) -> None:
+    out = tmp_path / "pred.parquet"
+    run_file_backtest(_settings(), FileInput(_write(frame, tmp_path / "in.csv"), chunk_rows=500),
+                      out, progress=False)
+    pred, want = pd.read_parquet(out), csv_run[1]
+    assert list(pred.columns) == list(want.columns) and len(pred) == len(want)
+    np.testing.assert_array_equal(pred["score"].to_numpy(), want["score"].to_numpy())
+    np.testing.assert_array_equal(pred["line"], want["line"])
+    assert pred["is_anomaly"].tolist() == want["is_anomaly"].tolist()
+    assert out.with_suffix(".html").exists()
+
+
+def test_predictions_keep_bad_rows_and_empty_fields_in_both_formats(
+        frame: pd.DataFrame, tmp_path: pathlib.Path) -> None:
+    path = _write(frame.iloc[:600], tmp_path / "in.csv")
+    lines = path.read_text().splitlines()
+    lines[10] = "dev-00,1735689700,1.0,broken,1,1,1,1,0"
+    path.write_text("\n".join(lines) + "\n")
+    for name in ("p.csv", "p.parquet"):
+        run_file_backtest(_settings(), FileInput(path, chunk_rows=100), tmp_path / name,
+                          progress=False)
+    csv = pd.read_csv(tmp_path / "p.csv")
+    pq = pd.read_parquet(tmp_path / "p.parquet")
+    assert pq["line"].tolist() == csv["line"].tolist() == list(range(2, 602))
+    bad = pq.set_index("line").loc[11]
+    assert np.isnan(bad["score"]) and bad["error"].startswith("non_numeric")
+    assert pd.isna(pq.set_index("line").loc[11, "label"])
