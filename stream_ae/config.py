@@ -154,7 +154,12 @@ class DriftConfig(_Frozen):
     """River drift detector on the score stream, and what to do when it fires."""
 
     detector: Literal["adwin", "page_hinkley", "kswin", "none"] = "adwin"
-    delta: float = Field(default=0.002, gt=0.0, description="ADWIN delta / PH threshold scale.")
+    delta: float = Field(default=1e-5, gt=0.0, description="ADWIN delta / PH threshold scale "
+                         "(smaller: fewer, surer detections).")
+    min_ratio: float = Field(default=2.0, ge=1.0, description="A report-only detection becomes "
+                             "a drift event only when the error level rose at least this "
+                             "factor (a lasting rise of the error stream; falls and small "
+                             "rises only restart the detector).")
     lr_boost: float = Field(default=1.0, ge=1.0, description="Learning-rate factor after drift "
                             "(1 and no re-warm: the detector only reports drift events).")
     boost_steps: int = Field(default=20, ge=0, description="Learning steps the boost lasts.")

@@ -366,6 +366,10 @@ class Engine:
         levels = (math.exp(hit.level_before), math.exp(hit.level_after))
         if d.report_only:
             action = "report"  # the defaults: learning goes on as scheduled
+            if levels[1] < d.min_ratio * levels[0]:
+                # the error level fell, or rose a little (the model improving, a daily
+                # cycle, the end of an anomaly): the detector restarts, nobody is told
+                return used
         else:
             action = "lr_boost" + ("+rewarm_threshold" if d.rewarm_threshold else "")
         ev = out.event("drift", d.detector, int(rows[hit.index]), levels, action)
