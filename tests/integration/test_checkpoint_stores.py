@@ -1,0 +1,91 @@
+"""The checkpoint-store contract (``stream_ae.checkpoint.checks``) against every store: a
+directory, a compacted changelog topic on the real broker, and an S3 API server (moto)."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Iterator
+
+import pytest
+from store_helpers import (
+    S3_ENV,
+    corrupt_directory,
+    corrupt_kafka,
+    corrupt_s3,
+    create_bucket,
+    moto_server_exe,
+    run_moto_server,
+)
+from structlog.testing import capture_logs
+
+from stream_ae.broker import create_topics
+from stream_ae.checkpoint import CheckpointStore, encode_checkpoint
+from stream_ae.checkpoint.base import Store
+from stream_ae.checkpoint.checks import Subject, ckpt, yield_checks
+from stream_ae.checkpoint.kafka_store import KafkaCheckpointStore
+from stream_ae.checkpoint.s3_store import S3CheckpointStore
+from stream_ae.config import KafkaConfig, KafkaStoreConfig, S3StoreConfig
+
+STORES = ["directory", "kafka", "s3"]
+CHECKS = list(yield_checks())
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if moto_server_exe() is None:
+        pytest.skip("needs moto[server]")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in S3_ENV.items():
+            mp.setenv(k, v)
+        yield from run_moto_server(tmp_path_factory.mktemp("moto") / "moto.log")
+
+
+def subject_for(kind: str, request: pytest.FixtureRequest, tag: str,
+                tmp_path: pathlib.Path) -> Subject:
+    topic = f"in-{tag}"
+    if kind == "directory":
+        return Subject(lambda keep: CheckpointStore(tmp_path / "ckpt", keep), corrupt_directory,
+                       topic)
+    if kind == "kafka":
+        bootstrap = request.getfixturevalue("bootstrap")
+        create_topics(bootstrap, {topic: 2})
+        kafka = KafkaConfig(bootstrap_servers=bootstrap, group_id=f"g-{tag}")
+        cfg = KafkaStoreConfig(chunk_bytes=64 * 1024, timeout_s=20)
+        make: Callable[[int], Store] = lambda keep: KafkaCheckpointStore(kafka, cfg, keep)
+        return Subject(make, corrupt_kafka, topic)
+    endpoint = request.getfixturevalue("s3_endpoint")
+    create_bucket(endpoint, f"b-{tag}")
+    s3 = S3StoreConfig(bucket=f"b-{tag}", prefix="ae/", endpoint_url=endpoint,
+                       region="us-east-1")
+    return Subject(lambda keep: S3CheckpointStore(s3, keep), corrupt_s3, topic)
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=[c.__name__ for c in CHECKS])
+@pytest.mark.parametrize("kind", STORES)
+def test_store_contract(kind: str, check: Callable[[Subject], None],
+                        request: pytest.FixtureRequest, tag: str, tmp_path: pathlib.Path) -> None:
+    subject = subject_for(kind, request, tag.replace("_", "-").lower(), tmp_path)
+    with capture_logs():
+        check(subject)
+
+
+def test_kafka_store_creates_a_compacted_changelog_sized_like_the_input(
+        bootstrap: str, tag: str) -> None:
+    topic = f"in-{tag}"
+    create_topics(bootstrap, {topic: 3})
+    store = KafkaCheckpointStore(KafkaConfig(bootstrap_servers=bootstrap, group_id=f"g-{tag}"),
+                                 KafkaStoreConfig(chunk_bytes=1024), keep=1)
+    store.open()
+    try:
+        with capture_logs() as logs:
+            store.save(ckpt(topic, 2, 9, 5000))
+            store.save(ckpt(topic, 2, 10, 5000))
+        assert store._partition_count(f"g-{tag}-{topic}-checkpoints") == 3
+        written = [e for e in logs if e["event"] == "checkpoint_written"]
+        size = len(encode_checkpoint(ckpt(topic, 2, 9, 5000)))
+        assert [e["chunks"] for e in written] == [-(-size // 1024)] * 2
+        assert [c.position for c in store.valid(topic, 2)] == [10]
+        assert store.partitions(topic) == [2]
+    finally:
+        store.close()
+
