@@ -24,9 +24,17 @@ from typing import Any, Protocol
 
 import structlog
 
-from stream_ae.checkpoint import Checkpoint, CheckpointStore
+from stream_ae.checkpoint import Checkpoint
+from stream_ae.checkpoint.base import Store, build_store
 from stream_ae.config import Settings
-from stream_ae.errors import FencedError, SinkError, SnapshotError, SourceError
+from stream_ae.errors import (
+    ConfigMismatchError,
+    FencedError,
+    SinkError,
+    SnapshotError,
+    SourceError,
+    StoreError,
+)
 from stream_ae.metrics import Health, ServiceMetrics
 from stream_ae.records import Alert, Batch, DeadLetter, DriftEvent, SourcePosition, StepResult
 from stream_ae.serde import (
@@ -102,10 +110,16 @@ def default_engine_factory(settings: Settings) -> tuple[Callable[[Sequence[str]]
         return Engine(settings.engine, names)  # type: ignore[return-value]
 
     def restore(blob: bytes) -> EngineLike:
-        eng = Engine.restore(blob)
-        if eng.config != settings.engine:  # the state was learned under it: keep it
-            log.warning("checkpoint_engine_config_differs", action="kept the checkpoint's")
-        return eng  # type: ignore[return-value]
+        """Under the configured engine settings; a contradiction of the stored learned state
+        raises ``ConfigMismatchError`` unless ``on_config_mismatch`` is 'keep_stored'."""
+        try:
+            return Engine.restore(blob, settings.engine)  # type: ignore[return-value]
+        except ConfigMismatchError as exc:
+            if settings.checkpoint.on_config_mismatch != "keep_stored":
+                raise
+            log.warning("checkpoint_config_mismatch", fields=list(exc.fields),
+                        action="keep_stored")
+            return Engine.restore(blob)  # type: ignore[return-value]
 
     return make, restore
 
@@ -174,6 +188,7 @@ class Runner:
     >>> from stream_ae.sinks.memory import MemorySink
     >>> import tempfile
     >>> from structlog.testing import capture_logs
+    >>> from stream_ae.checkpoint import CheckpointStore
     >>> src = MemoryGroupSource({("s", 0): [b'{"x": 1}', b'{"x": 9}', b"bad"]})
     >>> sink = MemorySink()
     >>> r = Runner(Settings(), src, sink, CheckpointStore(tempfile.mkdtemp()),
@@ -186,7 +201,7 @@ class Runner:
     """
 
     def __init__(
-        self, settings: Settings, source: GroupSource, sink: BatchSink, store: CheckpointStore,
+        self, settings: Settings, source: GroupSource, sink: BatchSink, store: Store,
         make_engine: Callable[[Sequence[str]], EngineLike] | None = None,
         restore_engine: Callable[[bytes], EngineLike] | None = None,
         metrics: ServiceMetrics | None = None, health: Health | None = None,
@@ -241,6 +256,7 @@ class Runner:
         opener = getattr(self.sink, "open", None)
         if callable(opener):
             opener()
+        self.store.open()
         self.source.open()
 
     def _close(self) -> None:
@@ -248,6 +264,7 @@ class Runner:
             self.source.close()  # leaves the group: on_revoke checkpoints what is clean
         finally:
             self.sink.close()
+            self.store.close()
             if self.health is not None:
                 self.health.ready = False
             log.info("runner_stopped")
@@ -313,6 +330,7 @@ class Runner:
             self._publish(out)
         for part in stepped:
             self._checkpoint_if_due(part)
+        self._update_ready()
         if self.metrics is not None:
             self.metrics.batch_latency.observe(self.clock() - t0)
             self.metrics.batch_records.observe(sum(len(b) for b in blocks))
@@ -425,9 +443,15 @@ class Runner:
             log.info("partition_ready", topic=a.topic, partition=a.partition,
                      start=part.position, publish_from=part.publish_from,
                      catch_up=part.publish_from - part.position, restored=part.engine is not None)
-        if self.health is not None:
-            self.health.ready = True
+        self._update_ready()
         return starts
+
+    def _update_ready(self) -> None:
+        """Ready once assigned and no partition is catching up (replaying up to its committed
+        offset without publishing): until then its alerts are not live."""
+        if self.health is not None:
+            behind = [p for p in self._parts.values() if p.position < p.publish_from]
+            self.health.ready = not behind
 
     def _load(self, a: Assignment) -> tuple[Checkpoint | None, EngineLike | None]:
         """The newest checkpoint whose engine restores (older ones when it does not)."""
@@ -437,6 +461,12 @@ class Runner:
             assert self.restore_engine is not None
             try:
                 return ckpt, self.restore_engine(ckpt.engine)
+            except ConfigMismatchError as exc:
+                if self.settings.checkpoint.on_config_mismatch != "reset":
+                    raise  # stops the service: the operator decides (checkpoint inspect)
+                log.warning("checkpoint_config_mismatch", topic=a.topic, partition=a.partition,
+                            fields=list(exc.fields), action="reset")
+                return None, None
             except SnapshotError as exc:
                 log.warning("checkpoint_unusable", topic=a.topic, partition=a.partition,
                             position=ckpt.position, error=str(exc))
@@ -487,6 +517,7 @@ class Runner:
                 self._checkpoint(part)
             if self.metrics is not None:
                 self.metrics.forget(*tp)
+        self._update_ready()
 
 
 def _collect(part: _Partition, block: RawBlock, decoded: Decoded, result: StepResult | None,
@@ -560,11 +591,9 @@ def build_runner(settings: Settings, decisions_topic: str | None = None,
     from stream_ae.sinks.kafka import KafkaSink
     from stream_ae.sources.kafka import KafkaGroupSource
 
-    ck = settings.checkpoint
     return Runner(settings, KafkaGroupSource(settings.kafka, None),
-                  KafkaSink(settings.kafka, decisions_topic),
-                  CheckpointStore(ck.directory, ck.keep), metrics=metrics, health=health,
-                  make_engine=make, restore_engine=restore)
+                  KafkaSink(settings.kafka, decisions_topic), build_store(settings),
+                  metrics=metrics, health=health, make_engine=make, restore_engine=restore)
 
 
 def run_service(settings: Settings, decisions_topic: str | None = None,
@@ -614,6 +643,6 @@ def _run_restarting(settings: Settings, decisions_topic: str | None, metrics: Se
             return
         except FencedError:
             raise
-        except (SinkError, SourceError) as exc:
+        except (SinkError, SourceError, StoreError) as exc:
             log.error("service_restarting", error=str(exc), backoff_s=backoff_s)
             stop.wait(backoff_s)

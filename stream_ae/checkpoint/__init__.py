@@ -240,13 +240,26 @@ class CheckpointStore:
 
 
 def describe_bytes(location: str, data: bytes) -> dict[str, Any]:
-    """An inspect row for one stored checkpoint: where, how big, valid and its header."""
+    """An inspect row for one stored checkpoint: where, how big, valid, its header and the
+    engine configuration its state was learned under (``engine_config``, when it has one)."""
     row: dict[str, Any] = {"location": location, "bytes": len(data)}
     try:
         ckpt = decode_checkpoint(data)
     except SnapshotError as exc:
         return row | {"valid": False, "error": str(exc)}
-    return row | {"valid": True, **ckpt.header()}
+    return row | {"valid": True, **ckpt.header(), **_engine_config(ckpt.engine)}
+
+
+def _engine_config(engine: bytes | None) -> dict[str, Any]:
+    from stream_ae import snapshot
+
+    if engine is None:
+        return {}
+    try:
+        tree, _ = snapshot.decode(engine)
+    except SnapshotError:
+        return {}  # another engine's bytes (tests): nothing to show
+    return {"engine_config": tree.get("config")}
 
 
 def summarise(path: str | pathlib.Path) -> list[dict[str, Any]]:
@@ -257,11 +270,9 @@ def summarise(path: str | pathlib.Path) -> list[dict[str, Any]]:
         raise SnapshotError(f"no checkpoint files at {p}")
     out = []
     for f in files:
-        row: dict[str, Any] = {"path": str(f), "bytes": f.stat().st_size}
         try:
-            h = read_checkpoint(f).header()
-            row |= {"valid": True, **h}
-        except SnapshotError as exc:
-            row |= {"valid": False, "error": str(exc)}
-        out.append(row)
+            row = describe_bytes(str(f), f.read_bytes())
+        except OSError as exc:
+            row = {"location": str(f), "valid": False, "error": str(exc)}
+        out.append({"path": row.pop("location"), **row})
     return out

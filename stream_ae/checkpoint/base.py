@@ -11,6 +11,7 @@ Three implementations keep the same contract (``stream_ae.checkpoint.checks``):
 
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -68,3 +69,49 @@ def build_store(settings: Settings) -> Store:
     from stream_ae.checkpoint import CheckpointStore
 
     return CheckpointStore(ck.directory, ck.keep)
+
+
+def inspect_rows(settings: Settings | None, path: pathlib.Path | None) -> list[dict[str, Any]]:
+    """``checkpoint inspect``: one row per stored checkpoint, from the files at ``path`` or
+    (no path) from the store ``settings`` selects, every input topic's partitions. Given
+    ``settings``, each row compares the stored engine configuration with the configured
+    one (:func:`compare_config`)."""
+    from stream_ae.checkpoint import summarise
+    from stream_ae.errors import ConfigError
+
+    if path is not None:
+        rows = summarise(path)
+    elif settings is None:
+        raise ConfigError("give a checkpoint path, or --config to inspect the configured store")
+    else:
+        store = build_store(settings)
+        store.open()
+        try:
+            rows = [row for topic in settings.kafka.input_topics
+                    for p in store.partitions(topic) for row in store.describe(topic, p)]
+        finally:
+            store.close()
+    return rows if settings is None else [compare_config(r, settings) for r in rows]
+
+
+def compare_config(row: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Replace a row's ``engine_config`` by its difference from ``settings.engine``
+    (``config_diff``: ``{path: {"stored", "current"}}``), the learned-state settings that
+    contradict it, and what a restart would do with this checkpoint (``on_restart``)."""
+    from stream_ae.config import EngineConfig, config_diff, learned_state_diff
+
+    stored_raw = row.get("engine_config")
+    if stored_raw is None:
+        return row
+    stored = EngineConfig.model_validate(stored_raw)
+    diff = config_diff(stored, settings.engine)
+    if not stored.features.names:  # inferred from the data: the checkpoint has them
+        stored = stored.model_copy(update={"features": stored.features.model_copy(
+            update={"names": tuple(row.get("feature_names", ()))})})
+    learned = learned_state_diff(stored, settings.engine)
+    out = {k: v for k, v in row.items() if k != "engine_config"}
+    return out | {
+        "config_diff": {k: {"stored": a, "current": b} for k, (a, b) in diff.items()},
+        "learned_state_mismatch": list(learned),
+        "on_restart": settings.checkpoint.on_config_mismatch if learned else "apply",
+    }

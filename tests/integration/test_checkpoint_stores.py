@@ -51,7 +51,10 @@ def subject_for(kind: str, request: pytest.FixtureRequest, tag: str,
         create_topics(bootstrap, {topic: 2})
         kafka = KafkaConfig(bootstrap_servers=bootstrap, group_id=f"g-{tag}")
         cfg = KafkaStoreConfig(chunk_bytes=64 * 1024, timeout_s=20)
-        make: Callable[[int], Store] = lambda keep: KafkaCheckpointStore(kafka, cfg, keep)
+
+        def make(keep: int) -> Store:
+            return KafkaCheckpointStore(kafka, cfg, keep)
+
         return Subject(make, corrupt_kafka, topic)
     endpoint = request.getfixturevalue("s3_endpoint")
     create_bucket(endpoint, f"b-{tag}")

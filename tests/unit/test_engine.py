@@ -19,7 +19,7 @@ from stream_ae.config import (
     TrainingConfig,
 )
 from stream_ae.engine import Engine
-from stream_ae.errors import ConfigError, SnapshotError
+from stream_ae.errors import ConfigError, ConfigMismatchError, SnapshotError
 from stream_ae.records import Batch, StepResult
 
 torch.set_num_threads(1)
@@ -230,9 +230,46 @@ def test_restore_rejects_garbage_truncation_and_other_config(data: Batch) -> Non
     flipped[len(blob) // 2] ^= 0xFF
     with pytest.raises(SnapshotError):
         Engine.restore(bytes(flipped))
-    with pytest.raises(SnapshotError):
+    with pytest.raises(ConfigMismatchError) as err:
         Engine.restore(blob, config=small_config(lags=1))
+    assert err.value.fields == ("features.lags",)
     assert Engine.restore(blob, config=small_config()).records_seen == 200
+
+
+def test_restore_under_new_decision_settings_takes_them_and_keeps_the_state(data: Batch) -> None:
+    """Settings that are not learned state apply on restart: the restored engine continues
+    (records_seen, model) under the new values; the threshold in force follows the new q."""
+    eng = Engine(small_config(), NAMES)
+    eng.step(data.slice(0, 400))
+    base = small_config()
+    new = base.model_copy(update={
+        "threshold": base.threshold.model_copy(update={"q": 0.5}),
+        "drift": base.drift.model_copy(update={"lr_boost": 2.0}),
+        "training": base.training.model_copy(update={"steps_per_stride": 2})})
+    restored = Engine.restore(eng.snapshot(), config=new)
+    assert restored.config == new
+    assert (restored.records_seen, restored.model_version) == (400, eng.model_version)
+    assert restored.threshold < eng.threshold  # the median, not the 95th percentile
+    same = Engine.restore(eng.snapshot(), config=small_config())
+    x = data.slice(400, 500)
+    assert np.array_equal(same.step(x).scores, eng.step(x).scores)
+
+
+@pytest.mark.parametrize(("section", "change", "field"), [
+    ("model", {"hidden": (4,)}, "model.hidden"),
+    ("training", {"window": 512}, "training.window"),
+    ("threshold", {"window": 400}, "threshold.window"),
+    ("regime", {"run_length": 90}, "regime.run_length"),
+])
+def test_restore_refuses_a_config_that_contradicts_the_learned_state(
+        data: Batch, section: str, change: dict[str, object], field: str) -> None:
+    eng = Engine(small_config(), NAMES)
+    eng.step(data.slice(0, 200))
+    base = small_config()
+    new = base.model_copy(update={section: getattr(base, section).model_copy(update=change)})
+    with pytest.raises(ConfigMismatchError, match=field.replace(".", r"\.")) as err:
+        Engine.restore(eng.snapshot(), config=new)
+    assert err.value.fields == (field,)
 
 
 def test_drift_ends_the_chunk_so_results_stay_split_independent(data: Batch) -> None:
