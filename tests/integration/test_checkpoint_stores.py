@@ -4,18 +4,10 @@ directory, a compacted changelog topic on the real broker, and an S3 API server 
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-from store_helpers import (
-    S3_ENV,
-    corrupt_directory,
-    corrupt_kafka,
-    corrupt_s3,
-    create_bucket,
-    moto_server_exe,
-    run_moto_server,
-)
+from store_helpers import corrupt_directory, corrupt_kafka, corrupt_s3, create_bucket
 from structlog.testing import capture_logs
 
 from stream_ae.broker import create_topics
@@ -28,16 +20,6 @@ from stream_ae.config import KafkaConfig, KafkaStoreConfig, S3StoreConfig
 
 STORES = ["directory", "kafka", "s3"]
 CHECKS = list(yield_checks())
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if moto_server_exe() is None:
-        pytest.skip("needs moto[server]")
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in S3_ENV.items():
-            mp.setenv(k, v)
-        yield from run_moto_server(tmp_path_factory.mktemp("moto") / "moto.log")
 
 
 def subject_for(kind: str, request: pytest.FixtureRequest, tag: str,

@@ -318,7 +318,7 @@ def test_learned_state_config_change_follows_on_config_mismatch(
     r = Runner(changed, src, MemorySink(), CheckpointStore(changed.checkpoint.directory))
     with capture_logs() as logs:
         if policy == "fail":
-            with pytest.raises(ConfigMismatchError, match="model.hidden") as err:
+            with pytest.raises(ConfigMismatchError, match=r"model\.hidden") as err:
                 r.run_until_idle()
             assert err.value.fields == ("model.hidden",)
             return
