@@ -36,7 +36,7 @@ from rich.table import Table
 from stream_ae.checkpoint import CheckpointStore, read_checkpoint
 from stream_ae.config import EngineConfig, KafkaConfig, Settings
 from stream_ae.engine import Engine
-from stream_ae.errors import ConfigError, SourceError
+from stream_ae.errors import ConfigError, ConfigMismatchError, SourceError
 from stream_ae.evaluation import (
     EpisodeDelay,
     Metrics,
@@ -496,15 +496,24 @@ def _restored(settings: Settings, inp: TopicInput
         ckpts = [c for c in (store.load(inp.topic, p) for p in parts) if c is not None]
     if not ckpts:
         raise ConfigError(f"no checkpoint of topic {inp.topic} at {path}")
-    engines = {c.partition: Engine.restore(c.engine) for c in ckpts if c.engine is not None}
-    for p, eng in engines.items():
-        if eng.config != settings.engine:
-            log.warning("checkpoint_config_differs", partition=p,
-                        detail="the restored engines keep the configuration they were saved with")
+    engines = {c.partition: _restore_under(settings, c.engine) for c in ckpts
+               if c.engine is not None}
     offsets = {c.partition: c.position for c in ckpts} if inp.start.kind == "beginning" else None
     log.info("backtest_from_checkpoint", path=str(path), partitions=sorted(engines),
              start_offsets=offsets)
     return engines, ckpts[0].feature_names or None, offsets
+
+
+def _restore_under(settings: Settings, blob: bytes) -> Engine:
+    """A checkpoint's engine under the configured settings (a candidate's thresholds apply);
+    learned-state contradictions raise unless ``on_config_mismatch`` is 'keep_stored'."""
+    try:
+        return Engine.restore(blob, settings.engine)
+    except ConfigMismatchError as exc:
+        if settings.checkpoint.on_config_mismatch != "keep_stored":
+            raise
+        log.warning("checkpoint_config_mismatch", fields=list(exc.fields), action="keep_stored")
+        return Engine.restore(blob)
 
 
 class TimeProgress:

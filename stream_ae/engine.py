@@ -56,6 +56,7 @@ class _Out:
     flags: npt.NDArray[np.bool_]
     warmup: npt.NDArray[np.bool_]
     errors: F32
+    versions: npt.NDArray[np.int64]
     batch: Batch
     base: int
     events: list[DriftEvent] = field(default_factory=list)
@@ -69,6 +70,7 @@ class _Out:
             flags=np.zeros(n, dtype=np.bool_),
             warmup=np.zeros(n, dtype=np.bool_),
             errors=np.full((n, n_features), np.nan, dtype=np.float32),
+            versions=np.zeros(n, dtype=np.int64),
             batch=batch,
             base=base,
         )
@@ -151,11 +153,13 @@ class Engine:
                 self._boundary(out, int(rows[pos - 1]))
         for r, _ in rejected:
             out.thresholds[r] = self._thr.value
+            out.versions[r] = self._model.n_steps
         self._records_seen += len(batch)
         return StepResult(
             scores=out.scores, thresholds=out.thresholds, is_anomaly=out.flags,
             warmup=out.warmup, feature_errors=out.errors, feature_names=self.feature_names,
             drift_events=tuple(out.events), rejected=rejected, model_version=self.model_version,
+            model_versions=out.versions,
         )
 
     def snapshot(self) -> bytes:
@@ -245,6 +249,7 @@ class Engine:
         r = rows[:used]
         out.scores[r], out.thresholds[r], out.flags[r] = mse[:used], thr, flags[:used]
         out.warmup[r], out.errors[r] = warm, cols[:used]
+        out.versions[r] = self._model.n_steps
         self._pend.push(x=x[:used], s=mse[:used], f=flags[:used])
         self._n_scored += used
         return used

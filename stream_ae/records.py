@@ -171,6 +171,10 @@ class StepResult:
     drift_events: tuple[DriftEvent, ...] = ()
     rejected: tuple[tuple[int, str], ...] = ()
     model_version: int = 0
+    # per row: learning steps taken when the row was scored (the model is frozen between
+    # boundaries), independent of how records are batched, unlike ``model_version`` (after
+    # the whole step); None: every row has ``model_version``
+    model_versions: npt.NDArray[np.int64] | None = None
 
     def __len__(self) -> int:
         return len(self.scores)

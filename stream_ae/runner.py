@@ -529,9 +529,11 @@ def _collect(part: _Partition, block: RawBlock, decoded: Decoded, result: StepRe
     if result is not None:
         alerts = _alerts(part, decoded, result, live, now, out)
         dead = _rejected(block, decoded, result, live) + dead
+        versions = result.model_versions
         out.events += [(e, SourcePosition(part.topic, part.partition, int(offsets[e.batch_index])),
-                        result.model_version) for e in result.drift_events
-                       if offsets[e.batch_index] >= live]
+                        result.model_version if versions is None
+                        else int(versions[e.batch_index]))
+                       for e in result.drift_events if offsets[e.batch_index] >= live]
     out.dead += dead
     end = block.offsets[-1] + 1
     if end > live:

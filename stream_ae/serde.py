@@ -542,7 +542,8 @@ def build_alerts(decoded: Decoded, result: StepResult, topic: str, partition: in
             timestamp=float(decoded.batch.timestamps[r]),
             features=dict(zip(decoded.names, raw[r].tolist(), strict=True)),
             score=float(result.scores[r]), threshold=float(result.thresholds[r]),
-            top_features=tuple(result.top_features(r)), model_version=result.model_version,
+            top_features=tuple(result.top_features(r)), model_version=result.model_version
+            if result.model_versions is None else int(result.model_versions[r]),
             position=pos, drift_recent=r >= first_drift, detected_at=now,
         ))
     return out

@@ -359,3 +359,17 @@ def test_pca_warmup_fit_replaces_the_epochs_and_fits_the_subspace(data: Batch) -
     nxt = data.slice(100, 400)
     assert np.nanmedian(eng.step(nxt).scores) < np.nanmedian(eng_e.step(nxt).scores)
     assert res.warmup.all()
+
+
+def test_per_row_model_versions_do_not_depend_on_batching(data: Batch) -> None:
+    """An alert carries the model version it was scored under: a replay that batches the
+    records differently (after a rebalance) publishes identical duplicates."""
+    whole = Engine(small_config(), NAMES).step(data)
+    eng = Engine(small_config(), NAMES)
+    cuts = [0, 7, 150, 151, 420, len(data)]
+    parts = [eng.step(data.slice(a, b)) for a, b in itertools.pairwise(cuts)]
+    split = np.concatenate([r.model_versions for r in parts])
+    assert whole.model_versions is not None
+    assert np.array_equal(whole.model_versions, split)
+    assert whole.model_versions[0] == 0 and whole.model_versions[-1] > 0
+    assert [r.model_version for r in parts][-1] == whole.model_version
