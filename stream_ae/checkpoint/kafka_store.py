@@ -23,6 +23,7 @@ the manifest's position in the log).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -129,6 +130,7 @@ class KafkaCheckpointStore:
         self.clock = clock
         self._producer: Producer | None = None
         self._admin: AdminClient | None = None
+        self._reader: Consumer | None = None
         self._token = uuid.uuid4().hex[:8]
         self._index: dict[tuple[str, int], dict[str, _Generation]] = {}
         self._topics: dict[str, int] = {}
@@ -153,6 +155,9 @@ class KafkaCheckpointStore:
 
     def close(self) -> None:
         producer, self._producer, self._admin = self._producer, None, None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
         if producer is not None:
             producer.flush(self.config.timeout_s)
 
@@ -274,14 +279,18 @@ class KafkaCheckpointStore:
 
     def _scan(self, topic: str, partition: int) -> dict[str, _Generation]:
         name = self._ensure_topic(topic, partition)
-        consumer = self._consumer()
+        if self._reader is None:  # one reader, reassigned per scan: no reconnect each time
+            self._reader = self._consumer()
         gens: dict[str, _Generation] = {}
         try:
-            consumer.assign([KafkaTP(name, partition, OFFSET_BEGINNING)])
-            for m in self._to_end(consumer, name, partition):
+            self._reader.assign([KafkaTP(name, partition, OFFSET_BEGINNING)])
+            for m in self._to_end(self._reader, name, partition):
                 self._absorb(gens, partition, m.key(), m.value(), m.offset())
+        except KafkaException as exc:
+            raise StoreError(f"cannot read changelog {name}/{partition}: {exc}") from exc
         finally:
-            consumer.close()
+            with contextlib.suppress(KafkaException):
+                self._reader.unassign()
         return gens
 
     def _consumer(self) -> Consumer:
@@ -303,6 +312,8 @@ class KafkaCheckpointStore:
             except KafkaException as exc:
                 raise StoreError(f"cannot read changelog {name}: {exc}") from exc
             for m in msgs:
+                if (m.topic(), m.partition()) != (name, partition):
+                    continue  # left over from the reader's previous assignment
                 err = m.error()
                 if err is None:
                     yield m
