@@ -33,7 +33,7 @@ import structlog
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from stream_ae.broker import EmbeddedBroker, create_topics
+from stream_ae.apps.broker import EmbeddedBroker, create_topics
 from stream_ae.config import Settings
 
 NAMES = tuple(f"f{i}" for i in range(8))

@@ -1,7 +1,7 @@
 """End-to-end service throughput on a real broker, beside a river peer in the same harness.
 
 Produces ``--n`` 8-feature JSON records to a 4-partition topic, then runs the service
-(``Runner`` with the Kafka source and the exactly-once Kafka sink, default engine
+(``ServiceLoop`` with the Kafka source and the exactly-once Kafka sink, default engine
 config, one torch thread) until the last decision is committed. The peer is the same
 runner with river ``HalfSpaceTrees`` (score_one + learn_one per record) as the engine.
 
@@ -37,10 +37,11 @@ import orjson
 import structlog
 from confluent_kafka import Producer
 
-from stream_ae.broker import EmbeddedBroker, create_topics
+from stream_ae.apps.broker import EmbeddedBroker, create_topics
 from stream_ae.config import Settings
 from stream_ae.records import Batch, StepResult
-from stream_ae.runner import Runner, build_runner, tune_gc
+from stream_ae.service.loop import ServiceLoop
+from stream_ae.service.main import kafka_loop, prewarm_engine, tune_gc
 
 NAMES = tuple(f"f{i}" for i in range(8))
 PARTITIONS = 4
@@ -116,7 +117,7 @@ def settings_for(bootstrap: str, topic: str, tmp: pathlib.Path) -> Settings:
     })
 
 
-def timed_run(runner: Runner, n_per_part: int, warm: int) -> dict[str, float]:
+def timed_run(runner: ServiceLoop, n_per_part: int, warm: int) -> dict[str, float]:
     """Run until every partition reached ``n_per_part``; rates as in the module docstring."""
     stop = threading.Event()
     t0 = time.perf_counter()
@@ -153,10 +154,9 @@ def measure(name: str, bootstrap: str, n: int, tmp: pathlib.Path, river: bool) -
     create_topics(bootstrap, {topic: PARTITIONS})
     produce(bootstrap, topic, n)
     settings = settings_for(bootstrap, topic, tmp)
-    runner = build_runner(settings)
-    if river:
-        runner.make_engine = RiverHST
-        runner.restore_engine = lambda blob: RiverHST(NAMES)
+    engines = ((RiverHST, lambda blob: RiverHST(NAMES)) if river
+               else prewarm_engine(settings))
+    runner = kafka_loop(settings, None, None, engines)  # type: ignore[arg-type]
     tune_gc()  # as run_service does
     warm = 2 * settings.engine.training.warmup
     r = timed_run(runner, n // PARTITIONS, warm)

@@ -1,7 +1,7 @@
 """The ``stream-ae`` command line: thin commands, wiring only.
 
 Each command parses its options, loads ``Settings``, configures logging once and
-hands over to the module that does the work (runner, backtest, demo, ...).
+hands over to the module that does the work (service, backtest, apps, ...).
 """
 
 from __future__ import annotations
@@ -44,8 +44,7 @@ def config_show(config: ConfigOpt = None) -> None:
     typer.echo(yaml.safe_dump(data, sort_keys=False))
 
 
-# --- commands filled in by their modules' owners -----------------------------------------
-# run (runner.py), backtest (backtest.py), demo / simulate (demo.py, simulate.py),
+# --- commands: run (service/), backtest (backtest/), demo / simulate (apps/),
 # schema alert (schema.py), checkpoint inspect (checkpoint.py)
 
 
@@ -78,13 +77,9 @@ def backtest_cmd(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Score a file or a historical topic with the service's engine; metrics and reports."""
-    import os
-
-    # one torch thread is faster for this small model (PERFORMANCE_NOTES: 14k vs 8.6k
-    # records/s here); must precede the first torch import
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     from stream_ae import backtest as bt
-    from stream_ae.readers import Columns
+    from stream_ae.backtest.console import print_summary
+    from stream_ae.sources.files import Columns
     from stream_ae.sources.replay import parse_end, parse_start
 
     names = tuple(f.strip() for f in (features or "").split(",") if f.strip())
@@ -99,7 +94,7 @@ def backtest_cmd(
                                        not no_progress)
     else:
         raise typer.BadParameter("give an INPUT file or --topic")
-    bt.print_summary(summary)
+    print_summary(summary)
 
 
 @app.command("simulate")
@@ -123,7 +118,7 @@ def simulate_cmd(
     seed: int = 0,
 ) -> None:
     """Simulate correlated sensors with labelled anomalies and a drift: to a file or a topic."""
-    from stream_ae import simulate as sim
+    from stream_ae.apps import simulate as sim
 
     cfg = sim.SimulationConfig(devices=devices, interval_s=interval, day_s=day, seed=seed,
                                anomalies_after=anomalies_after, drift_at=drift_at)
@@ -149,13 +144,11 @@ def demo_cmd(
     seed: int = 0,
 ) -> None:
     """Embedded broker + simulator + detector + live alert view; a summary at the end."""
-    import os
     import sys
 
     from rich.console import Console
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # see backtest_cmd
-    from stream_ae import demo
+    from stream_ae.apps import demo
 
     live = sys.stdout.isatty() if live is None else live
     # log lines would tear through the Live view: only warnings while it is shown
@@ -176,9 +169,12 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Run the detection service: consume, score, publish alerts; Ctrl-C/SIGTERM stops it."""
-    from stream_ae.runner import run_service
+    import functools
 
-    run_service(_settings(config), decisions_topic)
+    from stream_ae.service.main import kafka_loop, run_service
+
+    run_service(_settings(config), build=functools.partial(kafka_loop,
+                                                           decisions_topic=decisions_topic))
 
 
 @schema_app.command("alert")
@@ -215,6 +211,11 @@ def checkpoint_inspect(
 
 
 def main() -> None:
+    import os
+
+    # one torch thread: faster for this small model and leaves a core to librdkafka
+    # (PERFORMANCE_NOTES); set before any command imports torch
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     app()
 
 

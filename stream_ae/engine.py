@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -428,6 +428,20 @@ class Engine:
                 raise SnapshotError(f"stored records have the wrong width (expected {n_in})")
         if self._scaler.get_state()["mean"].shape != (n_in,):
             raise SnapshotError("stored scaler has the wrong width")
+
+
+def restore_under(blob: bytes, config: EngineConfig,
+                  on_mismatch: Literal["fail", "reset", "keep_stored"] = "fail") -> Engine:
+    """``Engine.restore(blob, config)``; when the stored learned state contradicts
+    ``config``, 'keep_stored' keeps the snapshot's own configuration (logged), otherwise
+    ``ConfigMismatchError`` propagates ('reset' is the caller's decision: a fresh engine)."""
+    try:
+        return Engine.restore(blob, config)
+    except ConfigMismatchError as exc:
+        if on_mismatch != "keep_stored":
+            raise
+        log.warning("checkpoint_config_mismatch", fields=list(exc.fields), action="keep_stored")
+        return Engine.restore(blob)
 
 
 def stored_config(tree: dict[str, Any]) -> tuple[EngineConfig, list[str]]:

@@ -24,6 +24,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from stream_ae.outputs import Outputs
+from stream_ae.records import SourcePosition
+
 _PART = ("topic", "partition")
 
 
@@ -75,6 +78,18 @@ class ServiceMetrics:
                 self.score.labels(topic, str(partition), q).set(float(v))
         if np.isfinite(threshold):
             self.threshold.labels(topic, str(partition)).set(threshold)
+
+    def count_outputs(self, out: Outputs) -> None:
+        """Count one batch's alerts, dead letters and events."""
+        for a in out.alerts:
+            p = a.position or SourcePosition("", 0, 0)
+            self.alerts.labels(p.topic, str(p.partition)).inc()
+        for d in out.dead_letters:
+            p = d.original.position
+            self.dead_letters.labels(p.topic, str(p.partition), d.reason).inc()
+        for e in out.events:
+            p = e.position
+            self.drift_events.labels(p.topic, str(p.partition), e.event.kind).inc()
 
     def forget(self, topic: str, partition: int) -> None:
         """Drop a revoked partition's gauges (another instance reports them now)."""

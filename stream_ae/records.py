@@ -10,18 +10,22 @@ Wire formats (JSON schemas for subscribers) live in :mod:`stream_ae.schema`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
-F32 = npt.NDArray[np.float32]
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-Bool = npt.NDArray[np.bool_]
+from stream_ae.types import F32, F64, I64, Bool, Headers
 
-Headers = tuple[tuple[str, bytes], ...]
+__all__ = [
+    "F32", "F64", "I64", "Alert", "Batch", "Bool", "DeadLetter", "DriftEvent", "Headers",
+    "LazyColumn", "RawBlock", "RawMessage", "RawValue", "SensorRecord", "SourcePosition",
+    "StepResult", "Unreadable",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,21 @@ class SourcePosition:
 
 
 @dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A file row that could not even be split into fields (e.g. a CSV row with the wrong
+    field count): the decoder dead-letters it with this reason."""
+
+    reason: str
+    detail: str
+    raw: bytes = b""
+
+
+#: one undecoded input row: message bytes, a table row already split into fields, or an
+#: unreadable row
+RawValue = bytes | Mapping[str, Any] | Unreadable | None
+
+
+@dataclass(frozen=True, slots=True)
 class RawMessage:
     """One undecoded message as a source delivers it."""
 
@@ -42,6 +61,124 @@ class RawMessage:
     headers: Headers = ()
     timestamp_ms: int | None = None
     position: SourcePosition = SourcePosition("", 0, 0)
+
+
+def _no_headers(_: int) -> Headers:
+    return ()
+
+
+class LazyColumn(Sequence[Any]):
+    """A column whose items are computed on access from source objects.
+
+    The Kafka source hands message keys and timestamps over this way: only the slow decode
+    path (a record without key/timestamp fields) and dead letters read them.
+
+    >>> col = LazyColumn([1, 2, 3], lambda x: x * 10)
+    >>> (col[1], list(col[1:]), len(col))
+    (20, [20, 30], 3)
+    """
+
+    def __init__(self, items: Sequence[Any], get: Callable[[Any], Any]) -> None:
+        self.items = items
+        self.get = get
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return LazyColumn(self.items[i], self.get)
+        return self.get(self.items[i])
+
+
+def _concat(cols: Sequence[Sequence[Any]]) -> Sequence[Any]:
+    first = cols[0]
+    if isinstance(first, LazyColumn) and all(
+            isinstance(c, LazyColumn) and c.get is first.get for c in cols):
+        return LazyColumn([x for c in cols for x in c.items], first.get)  # type: ignore[attr-defined]
+    return [x for c in cols for x in c]
+
+
+@dataclass(frozen=True)
+class RawBlock:
+    """Undecoded messages of one partition, columnar, in offset order.
+
+    Every input becomes one: Kafka messages and JSON Lines rows carry their bytes, table
+    rows (CSV, Parquet) a mapping of their fields, and one decoder
+    (:class:`stream_ae.decode.Decoder`) turns all of them into records or dead letters.
+
+    ``headers(i)`` is called only for dead letters (headers are rarely needed, so the
+    Kafka source hands them over lazily).
+
+    Examples
+    --------
+    >>> b = RawBlock("t", 0, [5], [b'{"x": 1}'], [None], [None])
+    >>> b.message(0).position
+    SourcePosition(topic='t', partition=0, offset=5)
+    """
+
+    topic: str
+    partition: int
+    offsets: Sequence[int]
+    values: Sequence[RawValue]
+    keys: Sequence[bytes | None]
+    timestamps_ms: Sequence[int | None]
+    headers: Callable[[int], Headers] = field(default=_no_headers)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def message(self, i: int) -> RawMessage:
+        """Row ``i`` as a :class:`RawMessage` (for dead letters; a table row as JSON)."""
+        pos = SourcePosition(self.topic, self.partition, self.offsets[i])
+        value = self.values[i]
+        if isinstance(value, Unreadable):
+            value = value.raw
+        elif value is not None and not isinstance(value, bytes):
+            value = orjson.dumps(dict(value), default=str)
+        return RawMessage(value, self.keys[i], self.headers(i), self.timestamps_ms[i], pos)
+
+    @classmethod
+    def concat(cls, blocks: Sequence[RawBlock]) -> RawBlock:
+        """Blocks of one partition, in order, as one block.
+
+        >>> a = RawBlock("t", 0, [1], [b"x"], [None], [None])
+        >>> RawBlock.concat([a, RawBlock("t", 0, [2], [b"y"], [None], [None])]).offsets
+        [1, 2]
+        """
+        if len(blocks) == 1:
+            return blocks[0]
+        bounds = list(itertools.accumulate(len(b) for b in blocks))
+
+        def headers(i: int) -> Headers:
+            j = next(k for k, end in enumerate(bounds) if i < end)
+            return blocks[j].headers(i - (bounds[j - 1] if j else 0))
+
+        first = blocks[0]
+        return cls(
+            first.topic, first.partition, [o for b in blocks for o in b.offsets],
+            [v for b in blocks for v in b.values], _concat([b.keys for b in blocks]),
+            _concat([b.timestamps_ms for b in blocks]), headers,
+        )
+
+    def tail(self, start: int) -> RawBlock:
+        """Rows ``start:`` (a view over the same headers)."""
+        if start <= 0:
+            return self
+        return RawBlock(self.topic, self.partition, self.offsets[start:], self.values[start:],
+                        self.keys[start:], self.timestamps_ms[start:],
+                        lambda i: self.headers(i + start))
+
+    @classmethod
+    def from_messages(cls, msgs: Sequence[RawMessage]) -> RawBlock:
+        """Columns of messages that all come from one partition."""
+        if not msgs:
+            return cls("", 0, [], [], [], [])
+        pos = msgs[0].position
+        return cls(
+            pos.topic, pos.partition, [m.position.offset for m in msgs], [m.value for m in msgs],
+            [m.key for m in msgs], [m.timestamp_ms for m in msgs], lambda i: msgs[i].headers,
+        )
 
 
 @dataclass(frozen=True, slots=True)

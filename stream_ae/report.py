@@ -34,11 +34,19 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from stream_ae.evaluation import EpisodeDelay, episodes
-from stream_ae.readers import BadRow
 
 MAX_GROUP_PLOTS = 12
 MAX_POINTS = 20_000
 REPORT_COLUMNS = ("group", "time", "score", "threshold", "is_anomaly", "warmup", "label")
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """An input row that was not scored: where it is (line or offset) and why."""
+
+    line: int
+    reason: str
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 Subscribers read alerts, events and decisions as JSON; every message carries
 ``schema_version`` and the headers ``stream-ae.schema-version`` and ``content-type``.
-The service builds the JSON directly (:mod:`stream_ae.serde`, hot path); these models
+The service builds the JSON directly (:mod:`stream_ae.encode`, hot path); these models
 define the contract, and the tests check that what the service writes validates here.
 
 >>> sorted(alert_json_schema()["required"])[:3]

@@ -1,6 +1,6 @@
-"""Test helpers: an in-memory consumer-group source, a fixed clock, a tiny rule engine,
-and broker helpers for integration tests (env ``STREAM_AE_TEST_BOOTSTRAP`` or a local
-embedded broker).
+"""Test helpers: a fixed clock, a tiny rule engine, and broker helpers for integration tests
+(env ``STREAM_AE_TEST_BOOTSTRAP`` or a local embedded broker). The in-memory group source
+and sink are :mod:`stream_ae.sources.memory` and :mod:`stream_ae.sinks.memory`.
 """
 
 from __future__ import annotations
@@ -8,16 +8,12 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
 from stream_ae.records import Batch, StepResult
-from stream_ae.serde import RawBlock
-from stream_ae.sources.kafka import Assignment
 
-TP = tuple[str, int]
 BOOTSTRAP_ENV = "STREAM_AE_TEST_BOOTSTRAP"
 
 
@@ -36,70 +32,6 @@ class FixedClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-class MemoryGroupSource:
-    """A one-member consumer group over in-memory partitions (the runner's source in tests).
-
-    ``open()`` assigns every partition (asking the listener where to start); ``commit``
-    records offsets as a group coordinator would; ``revoke``/``assign`` simulate rebalances.
-
-    Examples
-    --------
-    >>> src = MemoryGroupSource({("t", 0): [b"a", b"b"]})
-    >>> src.open()
-    >>> [b.offsets for b in src.poll_blocks(10, 0.0)]
-    [[0, 1]]
-    """
-
-    def __init__(self, data: Mapping[TP, Sequence[bytes | None]],
-                 committed: Mapping[TP, int] | None = None, max_per_poll: int = 1 << 30) -> None:
-        self.data = data
-        self.committed = dict(committed or {})
-        self.max_per_poll = max_per_poll
-        self.listener: Any = None
-        self._positions: dict[TP, int] = {}
-
-    def open(self) -> None:
-        self.assign(list(self.data))
-
-    def assign(self, tps: Sequence[TP]) -> None:
-        """Hand ``tps`` to the listener, starting where it says."""
-        assignments = [Assignment(t, p, self.committed.get((t, p)), 0) for t, p in tps]
-        starts = self.listener.on_assign(assignments) if self.listener else {}
-        for tp in tps:
-            self._positions[tp] = starts.get(tp, self.committed.get(tp, 0))
-
-    def revoke(self, tps: Sequence[TP]) -> None:
-        if self.listener:
-            self.listener.on_revoke(list(tps))
-        for tp in tps:
-            self._positions.pop(tp, None)
-
-    def poll_blocks(self, max_n: int, timeout: float) -> list[RawBlock]:
-        out = []
-        budget = min(max_n, self.max_per_poll)
-        for tp, pos in self._positions.items():
-            rows = list(self.data[tp][pos:pos + budget])
-            if rows:
-                offs = list(range(pos, pos + len(rows)))
-                out.append(RawBlock(tp[0], tp[1], offs, rows, [None] * len(rows),
-                                    [None] * len(rows)))
-                self._positions[tp] = pos + len(rows)
-                budget -= len(rows)
-        return out
-
-    def group_metadata(self) -> object:
-        return None
-
-    def commit(self, offsets: Mapping[TP, int]) -> None:
-        self.committed.update(offsets)
-
-    def lag(self, tp: TP, position: int) -> int | None:
-        return len(self.data[tp]) - position
-
-    def close(self) -> None:
-        self.revoke(list(self._positions))
 
 
 class ThresholdEngine:

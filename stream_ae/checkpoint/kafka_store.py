@@ -40,7 +40,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from stream_ae.checkpoint import Checkpoint, decode_checkpoint, describe_bytes
 from stream_ae.config import KafkaConfig, KafkaStoreConfig
 from stream_ae.errors import SnapshotError, StoreError
-from stream_ae.sources.kafka import client_config
+from stream_ae.kafka_conf import client_config
 
 log = structlog.get_logger()
 

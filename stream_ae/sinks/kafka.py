@@ -13,33 +13,25 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Mapping
+from typing import Any, cast
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from stream_ae import serde
+from stream_ae import encode
 from stream_ae.config import KafkaConfig
 from stream_ae.errors import FencedError, SinkError
-from stream_ae.records import Alert, DeadLetter, DriftEvent, SourcePosition
-from stream_ae.sources.kafka import ErrorLog, client_config
+from stream_ae.kafka_conf import ErrorLog, client_config
+from stream_ae.outputs import Outputs
+from stream_ae.sources.base import OffsetCommitter
+from stream_ae.types import TopicPartition as TP
 
 log = structlog.get_logger()
-
-TP = tuple[str, int]
 # consumer settings in ``kafka.extra`` that a producer would warn about
 _CONSUMER_ONLY = ("heartbeat.", "partition.assignment.", "session.timeout.", "group.",
                   "auto.offset.", "fetch.", "max.poll.", "isolation.", "enable.auto.",
                   "queued.", "enable.partition.eof", "allow.auto.create.")
-
-
-class OffsetCommitter(Protocol):
-    """What the sink needs from the source to commit input progress."""
-
-    def group_metadata(self) -> object: ...
-
-    def commit(self, offsets: Mapping[TP, int]) -> None: ...
 
 
 def transactional_id(kafka: KafkaConfig) -> str:
@@ -72,6 +64,9 @@ class KafkaSink:
     ----------
     kafka
         Topics, guarantee and connection.
+    committer
+        Commits the consumed offsets (the consumer's, handed over by the group source);
+        None: a sink that publishes without input offsets (a replay's alerts topic).
     decisions_topic
         Optional topic for per-batch decision records (None: not published).
 
@@ -82,8 +77,10 @@ class KafkaSink:
     False
     """
 
-    def __init__(self, kafka: KafkaConfig, decisions_topic: str | None = None) -> None:
+    def __init__(self, kafka: KafkaConfig, committer: OffsetCommitter | None = None,
+                 decisions_topic: str | None = None) -> None:
         self.kafka = kafka
+        self.committer = committer
         self.decisions_topic = decisions_topic
         self._producer: Producer | None = None
         self._failed: list[str] = []
@@ -135,46 +132,43 @@ class KafkaSink:
         if err is not None:
             self._failed.append(f"{msg.topic()}: {err.str()}")
 
-    def write(self, alerts: Sequence[Alert] = (), dead_letters: Sequence[DeadLetter] = (),
-              events: Sequence[tuple[DriftEvent, SourcePosition, int]] = ()) -> None:
-        """Queue alerts (key = sensor key), dead letters (original bytes) and events."""
-        hdrs = serde.output_headers()
-        for a in alerts:
-            self._produce(self.kafka.alerts_topic, serde.encode_alert(a), a.key.encode(), hdrs)
+    def write(self, out: Outputs) -> None:
+        """Queue alerts (key = sensor key), dead letters (original bytes), events and
+        decision records."""
+        hdrs = encode.output_headers()
+        for a in out.alerts:
+            self._produce(self.kafka.alerts_topic, encode.encode_alert(a), a.key.encode(), hdrs)
         now = time.time()
-        for d in dead_letters:
+        for d in out.dead_letters:
             self._produce(self.kafka.dead_letter_topic, d.original.value or b"", d.original.key,
-                          serde.dead_letter_headers(d, now))
+                          encode.dead_letter_headers(d, now))
         if self.kafka.events_topic:
-            for e, pos, version in events:
-                self._produce(self.kafka.events_topic, serde.encode_event(e, pos, version, now),
-                              pos.topic.encode(), hdrs)
+            for e in out.events:
+                self._produce(self.kafka.events_topic, encode.encode_event(e, now),
+                              e.position.topic.encode(), hdrs)
+        if self.decisions_topic:
+            for dec in out.decisions:
+                key = f"{dec.topic}/{dec.partition}".encode()
+                self._produce(self.decisions_topic, encode.encode_decision(dec), key, hdrs)
 
-    def write_decisions(self, decisions: Sequence[serde.Decision]) -> None:
-        """Queue decision records (only when a decisions topic is configured)."""
-        if not self.decisions_topic:
-            return
-        hdrs = serde.output_headers()
-        for d in decisions:
-            key = f"{d.topic}/{d.partition}".encode()
-            self._produce(self.decisions_topic, serde.encode_decision(d), key, hdrs)
-
-    def commit(self, offsets: Mapping[TP, int], source: OffsetCommitter,
-               timeout: float = 20.0) -> None:
+    def commit(self, offsets: Mapping[TP, int], timeout: float = 20.0) -> None:
         """Make the queued outputs durable together with the input ``offsets``."""
+        if offsets and self.committer is None:
+            raise SinkError("this sink has no offset committer")
         if self.transactional:
-            self._commit_transaction(offsets, source, timeout)
+            assert self.committer is not None or not offsets
+            self._commit_transaction(offsets, self.committer, timeout)
         else:
             self.flush(timeout)
-            if offsets:
-                source.commit(offsets)
+            if offsets and self.committer is not None:
+                self.committer.commit(offsets)
 
-    def _commit_transaction(self, offsets: Mapping[TP, int], source: OffsetCommitter,
+    def _commit_transaction(self, offsets: Mapping[TP, int], source: OffsetCommitter | None,
                             timeout: float) -> None:
         self.begin()
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            if tps:
+            if tps and source is not None:
                 self.producer.send_offsets_to_transaction(tps, source.group_metadata(), timeout)
             self._commit_retrying(timeout)
         except KafkaException as exc:

@@ -1,73 +1,66 @@
-"""A list-backed sink for tests and backtests: keeps everything it is given, in order."""
+"""A list-backed sink with the Kafka sink's transactional contract (tests; no Kafka)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-from stream_ae.records import Alert, DeadLetter, DriftEvent, SourcePosition
-from stream_ae.serde import Decision
-from stream_ae.sinks.kafka import OffsetCommitter
-
-TP = tuple[str, int]
+from stream_ae.outputs import Decision, EventRecord, Outputs
+from stream_ae.records import Alert, DeadLetter
+from stream_ae.sources.base import OffsetCommitter
+from stream_ae.types import TopicPartition as TP
 
 
 class MemorySink:
     """Collects outputs in lists; ``commit`` moves the pending ones to the committed lists.
 
-    Mirrors the transactional contract of the Kafka sink: nothing is visible in
-    ``alerts``/``dead_letters``/``events``/``decisions`` before ``commit``; ``abort`` drops it.
+    Nothing is visible in ``alerts``/``dead_letters``/``events``/``decisions`` before
+    ``commit``; ``abort`` drops it; offsets go to the ``committer`` (when given).
 
     Examples
     --------
     >>> sink = MemorySink()
-    >>> sink.write(dead_letters=[])
-    >>> sink.commit({("t", 0): 5}, None)
+    >>> sink.write(Outputs())
+    >>> sink.commit({("t", 0): 5})
     >>> sink.offsets
     {('t', 0): 5}
     """
 
-    def __init__(self) -> None:
+    def __init__(self, committer: OffsetCommitter | None = None) -> None:
+        self.committer = committer
         self.alerts: list[Alert] = []
         self.dead_letters: list[DeadLetter] = []
-        self.events: list[tuple[DriftEvent, SourcePosition, int]] = []
+        self.events: list[EventRecord] = []
         self.decisions: list[Decision] = []
         self.offsets: dict[TP, int] = {}
         self.commits = 0
-        self._pending: tuple[list[Alert], list[DeadLetter], list[tuple[DriftEvent,
-                                                                       SourcePosition, int]],
-                             list[Decision]] = ([], [], [], [])
+        self._pending = Outputs()
+
+    def open(self) -> None:
+        """Nothing to connect."""
 
     def begin(self) -> None:
         """Nothing to open: pending outputs already wait for ``commit``."""
 
-    def write(self, alerts: Sequence[Alert] = (), dead_letters: Sequence[DeadLetter] = (),
-              events: Sequence[tuple[DriftEvent, SourcePosition, int]] = ()) -> None:
-        self._pending[0].extend(alerts)
-        self._pending[1].extend(dead_letters)
-        self._pending[2].extend(events)
+    def write(self, out: Outputs) -> None:
+        self._pending.extend(out)
 
-    def write_decisions(self, decisions: Sequence[Decision]) -> None:
-        self._pending[3].extend(decisions)
-
-    def commit(self, offsets: Mapping[TP, int], source: OffsetCommitter | None,
-               timeout: float = 60.0) -> None:
-        """Publish the pending outputs and record ``offsets`` (and pass them to ``source``)."""
-        a, d, e, dec = self._pending
-        self.alerts += a
-        self.dead_letters += d
-        self.events += e
-        self.decisions += dec
-        self._pending = ([], [], [], [])
+    def commit(self, offsets: Mapping[TP, int], timeout: float = 60.0) -> None:
+        """Publish the pending outputs and record ``offsets`` (and pass them on)."""
+        p, self._pending = self._pending, Outputs()
+        self.alerts += p.alerts
+        self.dead_letters += p.dead_letters
+        self.events += p.events
+        self.decisions += p.decisions
         self.offsets.update(offsets)
         self.commits += 1
-        if source is not None and offsets:
-            source.commit(offsets)
+        if self.committer is not None and offsets:
+            self.committer.commit(offsets)
 
     def abort(self) -> None:
-        self._pending = ([], [], [], [])
+        self._pending = Outputs()
 
     def flush(self, timeout: float = 10.0) -> None:
-        """Nothing is buffered outside ``_pending``."""
+        """Nothing is buffered outside the pending outputs."""
 
     def close(self) -> None:
         self.abort()

@@ -1,9 +1,12 @@
 """The only consumer code: a consumer-group source for the service and an assign-mode
 reader for replaying a historical topic (backtests).
 
-``KafkaGroupSource`` subscribes with auto-commit off and hands assignment changes to a
-:class:`PartitionListener` (the runner), which answers with the offset to start each
-partition at (a checkpoint's position, so it can replay without publishing).
+``KafkaGroupSource`` subscribes with auto-commit off. When partitions are assigned it asks
+its ``start_positions`` function (the service's restore step) where to start each one (a
+checkpoint's position, so it can replay without publishing); every ownership change comes
+back to the service loop as a value (:class:`Assigned`, :class:`Revoked`, :class:`Lost`)
+from :meth:`KafkaGroupSource.take_changes`. Offsets are committed through the
+:class:`GroupCommitter` it hands out, which the sink holds.
 ``KafkaTopicReader`` assigns partitions itself from start offsets or a start time and stops
 at the end of every partition (``enable.partition.eof``; never the high watermark, which
 some brokers report wrongly).
@@ -13,8 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from confluent_kafka import (
@@ -28,36 +30,20 @@ from confluent_kafka import (
 
 from stream_ae.config import KafkaConfig
 from stream_ae.errors import SourceError
-from stream_ae.records import Headers, RawMessage, SourcePosition
-from stream_ae.serde import LazyColumn, RawBlock
+from stream_ae.kafka_conf import ErrorLog, client_config
+from stream_ae.records import LazyColumn, RawBlock, RawMessage, SourcePosition
+from stream_ae.sources.base import (
+    Assigned,
+    Assignment,
+    Lost,
+    OwnershipChange,
+    Revoked,
+    StartPositions,
+)
+from stream_ae.types import Headers
+from stream_ae.types import TopicPartition as TP
 
 log = structlog.get_logger()
-
-TP = tuple[str, int]
-
-
-def client_config(kafka: KafkaConfig) -> dict[str, Any]:
-    """librdkafka settings shared by consumers and producers: bootstrap, security, ``extra``.
-
-    >>> from pydantic import SecretStr
-    >>> kafka = KafkaConfig(bootstrap_servers="b:9092", security_protocol="SASL_SSL",
-    ...                     sasl_mechanism="PLAIN", sasl_username="svc",
-    ...                     sasl_password=SecretStr("s3cret"), extra={"client.id": "ae"})
-    >>> c = client_config(kafka)
-    >>> (c["bootstrap.servers"], c["security.protocol"], c["sasl.password"], c["client.id"])
-    ('b:9092', 'SASL_SSL', 's3cret', 'ae')
-    >>> "s3cret" in repr(kafka) or "s3cret" in kafka.model_dump_json()
-    False
-    """
-    conf: dict[str, Any] = {"bootstrap.servers": kafka.bootstrap_servers}
-    optional = {
-        "security.protocol": kafka.security_protocol, "sasl.mechanism": kafka.sasl_mechanism,
-        "sasl.username": kafka.sasl_username, "ssl.ca.location": kafka.ssl_ca_location,
-        "sasl.password": kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-    }
-    conf.update({k: v for k, v in optional.items() if v is not None})
-    conf.update(kafka.extra)
-    return conf
 
 
 def consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
@@ -74,51 +60,36 @@ def consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
     }
 
 
-class ErrorLog:
-    """librdkafka ``error_cb``: log each error code at most once per ``every`` seconds
-    (a broker outage reports a connection failure many times a second).
+class GroupCommitter:
+    """The :class:`OffsetCommitter` of a :class:`KafkaGroupSource`'s consumer."""
 
-    >>> e = ErrorLog(every=60.0)
-    >>> e.should_log("_TRANSPORT", now=0.0), e.should_log("_TRANSPORT", now=1.0)
-    (True, False)
-    """
+    def __init__(self, source: KafkaGroupSource) -> None:
+        self._source = source
 
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self._last: dict[str, float] = {}
+    def group_metadata(self) -> object:
+        return self._source.consumer.consumer_group_metadata()
 
-    def should_log(self, code: str, now: float) -> bool:
-        if now - self._last.get(code, -self.every) < self.every:
-            return False
-        self._last[code] = now
-        return True
-
-    def __call__(self, err: KafkaError) -> None:
-        if err.fatal() or self.should_log(err.name(), time.monotonic()):
-            log.warning("kafka_client_error", code=err.name(), reason=err.str(),
-                        fatal=err.fatal())
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """A partition given to this instance: its committed offset (None if none) and low mark."""
-
-    topic: str
-    partition: int
-    committed: int | None
-    low: int
+    def commit(self, offsets: Mapping[TP, int], retry_for: float = 120.0) -> None:
+        """Commit synchronously; retriable errors (a broker outage, a coordinator moving)
+        are retried for ``retry_for`` seconds."""
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        deadline = time.monotonic() + retry_for
+        while True:
+            try:
+                self._source.consumer.commit(offsets=tps, asynchronous=False)
+                return
+            except KafkaException as exc:
+                if not _retriable(exc) or time.monotonic() > deadline:
+                    raise SourceError(f"offset commit failed: {exc}") from exc
+                log.warning("offset_commit_retry", reason=str(exc))
+                time.sleep(0.5)  # error path only: back off before asking the broker again
 
 
-class PartitionListener(Protocol):
-    """Receives partition ownership changes (the runner implements it)."""
-
-    def on_assign(self, assignments: Sequence[Assignment]) -> Mapping[TP, int]:
-        """Return the offset to start reading each partition at."""
-        ...
-
-    def on_revoke(self, partitions: Sequence[TP]) -> None: ...
-
-    def on_lost(self, partitions: Sequence[TP]) -> None: ...
+def _retriable(exc: KafkaException) -> bool:
+    err = exc.args[0] if exc.args else None
+    return isinstance(err, KafkaError) and (err.retriable() or err.code() in (
+        KafkaError._TRANSPORT, KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR, KafkaError._WAIT_COORD))
 
 
 def blocks_from(msgs: Sequence[Any]) -> list[RawBlock]:
@@ -179,22 +150,34 @@ class KafkaGroupSource:
     ----------
     kafka
         Connection, topics and group.
-    listener
-        Told about assignments (answers with start offsets), revocations and losses.
+    start_positions
+        Asked, on each assignment, where to start reading the new partitions (None: at
+        their committed offsets, else the beginning).
 
     Examples
     --------
-    >>> src = KafkaGroupSource(KafkaConfig(), listener=None)  # connects only in open()
-    >>> src.assigned
-    set()
+    >>> src = KafkaGroupSource(KafkaConfig())  # connects only in open()
+    >>> (src.assigned, src.take_changes())
+    (set(), [])
     """
 
-    def __init__(self, kafka: KafkaConfig, listener: PartitionListener | None) -> None:
+    def __init__(self, kafka: KafkaConfig, start_positions: StartPositions | None = None
+                 ) -> None:
         self.kafka = kafka
-        self.listener = listener
+        self.start_positions = start_positions
         self._consumer: Consumer | None = None
         self._cooperative = False
+        self._changes: list[OwnershipChange] = []
         self.assigned: set[TP] = set()
+
+    def take_changes(self) -> list[OwnershipChange]:
+        """Ownership changes since the last call, in order (they happen inside polls)."""
+        out, self._changes = self._changes, []
+        return out
+
+    def committer(self) -> GroupCommitter:
+        """The offset committer for the sink."""
+        return GroupCommitter(self)
 
     def open(self) -> None:
         """Create the consumer and subscribe (the group join happens in ``poll_blocks``)."""
@@ -233,7 +216,11 @@ class KafkaGroupSource:
                        consumer.get_watermark_offsets(c, timeout=10)[0])
             for c in committed
         ]
-        starts = dict(self.listener.on_assign(assignments)) if self.listener else {}
+        if self.start_positions is not None:
+            starts = dict(self.start_positions(assignments))
+        else:
+            starts = {(a.topic, a.partition): a.committed for a in assignments
+                      if a.committed is not None}
         for p in partitions:
             p.offset = starts.get((p.topic, p.partition), OFFSET_BEGINNING)
         if self._cooperative:
@@ -241,47 +228,23 @@ class KafkaGroupSource:
         else:
             consumer.assign(partitions)
         self.assigned |= {(p.topic, p.partition) for p in partitions}
+        self._changes.append(Assigned(tuple((p.topic, p.partition) for p in partitions)))
         log.info("partitions_assigned", partitions=[f"{p.topic}/{p.partition}@{p.offset}"
                                                     for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         log.info("partitions_revoked", partitions=[f"{t}/{p}" for t, p in tps])
-        if self.listener:
-            self.listener.on_revoke(tps)
+        self._changes.append(Revoked(tuple(tps)))
         self.assigned -= set(tps)
         _unassign(consumer, partitions, self._cooperative)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         log.warning("partitions_lost", partitions=[f"{t}/{p}" for t, p in tps])
-        if self.listener:
-            self.listener.on_lost(tps)
+        self._changes.append(Lost(tuple(tps)))
         self.assigned -= set(tps)
         _unassign(consumer, partitions, self._cooperative)
-
-    def group_metadata(self) -> object:
-        """For ``Producer.send_offsets_to_transaction``."""
-        return self.consumer.consumer_group_metadata()
-
-    def commit(self, offsets: Mapping[TP, int], retry_for: float = 120.0) -> None:
-        """Commit next-to-read offsets synchronously (at-least-once mode); retriable errors
-        (a broker outage, a coordinator moving) are retried for ``retry_for`` seconds."""
-        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        deadline = time.monotonic() + retry_for
-        while True:
-            try:
-                self.consumer.commit(offsets=tps, asynchronous=False)
-                return
-            except KafkaException as exc:
-                err = exc.args[0] if exc.args else None
-                retriable = isinstance(err, KafkaError) and (err.retriable() or err.code() in (
-                    KafkaError._TRANSPORT, KafkaError.COORDINATOR_NOT_AVAILABLE,
-                    KafkaError.NOT_COORDINATOR, KafkaError._WAIT_COORD))
-                if not retriable or time.monotonic() > deadline:
-                    raise SourceError(f"offset commit failed: {exc}") from exc
-                log.warning("offset_commit_retry", reason=str(exc))
-                time.sleep(0.5)  # error path only: back off before asking the broker again
 
     def lag(self, tp: TP, position: int) -> int | None:
         """High watermark (cached from fetches) minus ``position``; None when unknown."""

@@ -1,8 +1,6 @@
-"""Replay sources: table files and historical topics, with the :class:`Source` protocol.
+"""Replaying a historical topic (a :class:`~stream_ae.sources.base.BlockReader`).
 
-``FileSource`` turns each good row of a CSV / JSONL / Parquet file into a JSON
-message in the default record layout (key, ts, features, label), positioned at
-its line number. ``TopicReplaySource`` reads every partition of a topic from a
+``TopicReplaySource`` reads every partition of a topic from a
 start (the beginning, an offset, or a time) to an end (the end of each partition,
 or a time) with an isolated assign-mode reader: no consumer group, no commits.
 It wraps :class:`~stream_ae.sources.kafka.KafkaTopicReader`, the only consumer code.
@@ -10,34 +8,20 @@ It wraps :class:`~stream_ae.sources.kafka.KafkaTopicReader`, the only consumer c
 
 from __future__ import annotations
 
-import math
-import pathlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-import orjson
-import pandas as pd
 import structlog
 
 from stream_ae.config import KafkaConfig
-from stream_ae.errors import ConfigError, SourceError
-from stream_ae.readers import (
-    ALL_COLUMNS,
-    BadRow,
-    Chunk,
-    Columns,
-    Format,
-    TableReader,
-    parse_timestamps,
-)
-from stream_ae.records import RawMessage, SourcePosition
-from stream_ae.serde import RawBlock
+from stream_ae.decode import parse_time_value
+from stream_ae.errors import ConfigError, DecodeError, SourceError
+from stream_ae.records import RawBlock, RawMessage
 from stream_ae.sources.kafka import KafkaTopicReader
+from stream_ae.types import TopicPartition as TP
 
 log = structlog.get_logger()
-
-TP = tuple[str, int]
 _OFFSET_LIMIT = 1_000_000_000  # digits below this are offsets, above epoch seconds
 
 
@@ -78,10 +62,15 @@ def parse_end(text: str | None) -> float | None:
 
 def parse_time(text: str) -> float:
     """Epoch seconds (milliseconds above 1e11) or ISO-8601 text -> epoch seconds."""
-    secs, wrong = parse_timestamps(pd.Series([text], dtype=object))
-    if wrong[0] or not math.isfinite(secs[0]):
-        raise ConfigError(f"not a time: {text!r} (use ISO-8601 or epoch seconds)")
-    return float(secs[0])
+    value: float | str
+    try:
+        value = float(text)
+    except ValueError:
+        value = text
+    try:
+        return parse_time_value(value)
+    except DecodeError:
+        raise ConfigError(f"not a time: {text!r} (use ISO-8601 or epoch seconds)") from None
 
 
 class TopicReplaySource:
@@ -178,83 +167,3 @@ class TopicReplaySource:
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.close()
-
-
-class FileSource:
-    """The good rows of a table file as JSON messages (default record layout), in file order.
-
-    The message offset is the row's line number; bad rows are kept in ``bad_rows``.
-
-    Examples
-    --------
-    >>> import pathlib, tempfile
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
-    >>> _ = p.write_text("key,ts,x\\nd1,10,1.5\\nd2,11,oops\\nd1,12,2.5\\n")
-    >>> src = FileSource(p)
-    >>> [m.value for m in src.poll(10, 0.0)]
-    [b'{"key":"d1","ts":10.0,"x":1.5}', b'{"key":"d1","ts":12.0,"x":2.5}']
-    >>> (src.position(), [b.line for b in src.bad_rows])
-    ({('t.csv', 0): 5}, [3])
-    """
-
-    def __init__(self, path: str | pathlib.Path, columns: Columns = ALL_COLUMNS,
-                 fmt: Format | None = None, sep: str | None = None, chunk_rows: int = 8192
-                 ) -> None:
-        self.path = pathlib.Path(path)
-        self.columns = columns
-        self.fmt = fmt
-        self.sep = sep
-        self.chunk_rows = chunk_rows
-        self._reader: TableReader | None = None
-        self._chunks: Iterator[Chunk] | None = None
-        self._pending: list[RawMessage] = []
-        self._next_line = 1
-        self.bad_rows: list[BadRow] = []
-        self.done = False
-
-    @property
-    def topic(self) -> str:
-        return self.path.name
-
-    def poll(self, max_n: int, timeout: float) -> list[RawMessage]:
-        """Up to ``max_n`` messages; empty (and ``done``) at the end of the file."""
-        if self._chunks is None:
-            self._reader = TableReader(self.path, self.columns, self.fmt, self.sep,
-                                       self.chunk_rows)
-            self._chunks = iter(self._reader)
-        while len(self._pending) < max_n and not self.done:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                self.done = True
-                break
-            self._pending.extend(self._messages(chunk))
-        out, self._pending = self._pending[:max_n], self._pending[max_n:]
-        if out:
-            self._next_line = out[-1].position.offset + 1
-        if self.done and not self._pending:
-            self._next_line = max([self._next_line, *(b.line + 1 for b in self.bad_rows)])
-        return out
-
-    def _messages(self, chunk: Chunk) -> list[RawMessage]:
-        self.bad_rows.extend(chunk.bad)
-        assert self._reader is not None
-        roles, out = self._reader.roles, []
-        for i in range(len(chunk)):
-            obj: dict[str, object] = {"key": chunk.keys[i]} if roles.key else {}
-            if roles.timestamp:
-                obj["ts"] = float(chunk.timestamps[i])
-            obj.update(zip(roles.features, (float(v) for v in chunk.values[i]), strict=True))
-            if chunk.labels is not None and chunk.labels[i] >= 0:
-                obj["label"] = int(chunk.labels[i])
-            pos = SourcePosition(self.topic, 0, int(chunk.lines[i]))
-            key = chunk.keys[i].encode() if roles.key else None
-            out.append(RawMessage(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), key,
-                                  position=pos))
-        return out
-
-    def position(self) -> Mapping[TP, int]:
-        return {(self.topic, 0): self._next_line}
-
-    def close(self) -> None:
-        self._chunks = None
-        self.done = True

@@ -9,10 +9,9 @@ import pytest
 import torch
 from store_helpers import S3_ENV, moto_server_exe, run_moto_server
 
-from stream_ae.broker import EmbeddedBroker, create_topics
+from stream_ae.apps.broker import EmbeddedBroker, create_topics
 from stream_ae.testing import external_bootstrap, unique_name
 
-torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

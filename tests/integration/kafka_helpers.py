@@ -15,7 +15,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from stream_ae.config import Settings
 from stream_ae.engine import Engine
 from stream_ae.records import Batch
-from stream_ae.serde import Decoder, RawBlock
+from stream_ae.decode import Decoder
+from stream_ae.records import RawBlock
 
 NAMES = ("a", "b", "c", "d")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from stream_ae.broker import free_port
+from stream_ae.apps.broker import free_port
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
           "AWS_DEFAULT_REGION": "us-east-1"}

@@ -24,9 +24,9 @@ from kafka_helpers import (
 )
 from structlog.testing import capture_logs
 
-from stream_ae.broker import EmbeddedBroker, create_topics, free_port
+from stream_ae.apps.broker import EmbeddedBroker, create_topics, free_port
 from stream_ae.config import Settings
-from stream_ae.runner import build_runner
+from stream_ae.service.main import engine_factory, kafka_loop
 from stream_ae.schema import DecisionMessage
 from stream_ae.testing import external_bootstrap, unique_name
 
@@ -92,7 +92,8 @@ def test_broker_restart_mid_stream_loses_nothing(
     settings = Settings.load(None, **cfg)
     values, _ = records(N, seed=21, partition=0)
     produce(bootstrap, topic, 0, values)
-    runner, stop = build_runner(settings, decisions), threading.Event()
+    runner = kafka_loop(settings, None, None, engine_factory(settings), decisions)
+    stop = threading.Event()
     thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
     with capture_logs() as logs:
         thread.start()

@@ -10,7 +10,7 @@ import pytest
 from store_helpers import corrupt_directory, corrupt_kafka, corrupt_s3, create_bucket
 from structlog.testing import capture_logs
 
-from stream_ae.broker import create_topics
+from stream_ae.apps.broker import create_topics
 from stream_ae.checkpoint import CheckpointStore, encode_checkpoint
 from stream_ae.checkpoint.base import Store
 from stream_ae.checkpoint.checks import Subject, ckpt, yield_checks

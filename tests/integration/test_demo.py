@@ -12,7 +12,7 @@ import sys
 import pytest
 from rich.console import Console
 
-from stream_ae.demo import (
+from stream_ae.apps.demo import (
     DemoOptions,
     DemoState,
     _running,

@@ -33,10 +33,11 @@ from store_helpers import create_bucket
 from structlog.testing import capture_logs
 from test_crash_recovery import strip_time
 
-from stream_ae.broker import create_topics
+from stream_ae.apps.broker import create_topics
 from stream_ae.checkpoint.base import build_store
 from stream_ae.config import Settings
-from stream_ae.runner import EngineFactory, Runner, build_runner, prewarm_engine
+from stream_ae.service.loop import ServiceLoop
+from stream_ae.service.main import EngineFactory, kafka_loop, prewarm_engine
 from stream_ae.testing import external_bootstrap
 
 pytestmark = pytest.mark.slow
@@ -55,8 +56,8 @@ class Member:
                  engines: EngineFactory) -> None:
         kafka = settings.kafka.model_copy(
             update={"transactional_id": f"{settings.kafka.group_id}-{name}"})
-        self.runner: Runner = build_runner(settings.model_copy(update={"kafka": kafka}),
-                                           decisions, engines=engines)
+        self.runner: ServiceLoop = kafka_loop(settings.model_copy(update={"kafka": kafka}),
+                                              None, None, engines, decisions)
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self._crash = threading.Event()
@@ -83,7 +84,7 @@ class Member:
         def commit(*args: Any, **kwargs: Any) -> None:
             raise Crash
 
-        runner._close = lambda: None  # type: ignore[method-assign]
+        runner.close = lambda: None  # type: ignore[method-assign]
         sink.commit = commit  # type: ignore[method-assign]
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the member did not reach a commit"

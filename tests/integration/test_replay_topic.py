@@ -20,9 +20,10 @@ from stream_ae.config import Settings
 from stream_ae.engine import Engine
 from stream_ae.errors import ConfigError
 from stream_ae.schema import AlertMessage
-from stream_ae.serde import Decoder, RawBlock
-from stream_ae.simulate import SensorSimulator, SimulationConfig
-from stream_ae.sources.base import Source
+from stream_ae.decode import Decoder
+from stream_ae.records import RawBlock
+from stream_ae.apps.simulate import SensorSimulator, SimulationConfig
+from stream_ae.sources.base import BlockReader
 from stream_ae.sources.replay import ReplayStart, TopicReplaySource, parse_start
 
 N_STEPS = 400  # per device; 2 devices per partition -> 800 records per partition
@@ -103,7 +104,7 @@ def test_replay_source_reads_to_the_end_and_follows_the_protocol(
         replay_setup: tuple[Settings, dict[int, list[bytes]], str]) -> None:
     settings, _, topic = replay_setup
     src = TopicReplaySource(settings.kafka, topic, parse_start("790"))
-    assert isinstance(src, Source)
+    assert isinstance(src, BlockReader)
     src.open()
     got: list[tuple[int, int]] = []
     try:

@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 from stream_ae.checkpoint import CheckpointStore
 from stream_ae.config import Settings
 from stream_ae.metrics import Health, MetricsServer, ServiceMetrics
-from stream_ae.runner import build_runner
+from stream_ae.service.main import engine_factory, kafka_loop
 from stream_ae.schema import AlertMessage, DecisionMessage
 
 
@@ -33,7 +33,8 @@ from stream_ae.schema import AlertMessage, DecisionMessage
 def service(settings: Settings, decisions: str | None) -> Iterator[tuple[threading.Thread, int]]:
     """Run the service in a thread; stop it gracefully (as SIGTERM does) on exit."""
     registry, health, stop = CollectorRegistry(), Health(), threading.Event()
-    runner = build_runner(settings, decisions, ServiceMetrics(registry), health)
+    runner = kafka_loop(settings, ServiceMetrics(registry), health, engine_factory(settings),
+                        decisions)
     server = MetricsServer(registry, health, "127.0.0.1", 0)
     port = server.start()
     errors: list[BaseException] = []

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream_ae.config import RecordFormat
-from stream_ae.serde import Decoder, RawBlock
+from stream_ae.decode import Decoder
+from stream_ae.records import RawBlock
 
 NAMES = ("a", "b")
 finite = st.floats(allow_nan=False, allow_infinity=False, width=32)

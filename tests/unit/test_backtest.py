@@ -13,10 +13,9 @@ from typer.testing import CliRunner
 from stream_ae.backtest import FileInput, run_file_backtest, settings_with
 from stream_ae.cli import app
 from stream_ae.config import Settings
-from stream_ae.readers import Columns
-from stream_ae.simulate import SimulationConfig, simulate_frame
+from stream_ae.sources.files import Columns
+from stream_ae.apps.simulate import SimulationConfig, simulate_frame
 
-torch.set_num_threads(1)
 
 SIM = SimulationConfig(devices=2, day_s=600.0, anomalies_after=300.0, point_rate=0.01,
                        collective_rate=0.004, seed=3)
@@ -124,7 +123,7 @@ def test_bad_rows_are_reported_and_kept_in_place(frame: pd.DataFrame,
     pred = pd.read_csv(out, keep_default_na=False)
     assert len(pred) == 600 and pred["line"].tolist() == list(range(2, 602))
     by_line = pred.set_index("line")
-    assert by_line.loc[11, "error"].startswith("bad_value: pressure")
+    assert by_line.loc[11, "error"] == "non_numeric: feature value 'broken' is not a number"
     assert by_line.loc[21, "error"].startswith("field_count")
     assert by_line.loc[11, "score"] == "" and by_line.loc[12, "score"] != ""
     assert s.bad_rows == 2 and [b.line for b in s.bad_examples] == [11, 21]
@@ -138,9 +137,14 @@ def test_missing_values_follow_the_engine_policy(frame: pd.DataFrame,
     s = run_file_backtest(_settings(), FileInput(_write(small, tmp_path / "in.csv")), out,
                           progress=False)
     pred = pd.read_csv(out, keep_default_na=False)
-    assert pred.loc[450, "error"].startswith("rejected:")
+    assert pred.loc[450, "error"] == "missing_feature: feature is null"  # as for a message
     assert pred.loc[450, "score"] == ""
     assert s.bad_rows == 1 and s.records == 500
+    ffill = Settings.load(None, engine={**_settings().engine.model_dump(),
+                                        "features": {"missing": "ffill"}})
+    run_file_backtest(ffill, FileInput(tmp_path / "in.csv"), out, progress=False)
+    pred = pd.read_csv(out, keep_default_na=False)
+    assert pred.loc[450, "error"] == "" and pred.loc[450, "score"] != ""  # carried forward
 
 
 def test_overrides_and_columns(frame: pd.DataFrame, tmp_path: pathlib.Path) -> None:

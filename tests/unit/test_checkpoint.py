@@ -103,8 +103,8 @@ def test_client_libraries_stay_in_their_adapters() -> None:
     """The Kafka code of checkpoints is kafka_store.py only; boto3 only in s3_store.py."""
     package = pathlib.Path(__file__).resolve().parents[2] / "stream_ae"
     assert _importers(package, "confluent_kafka") == {
-        "stream_ae/sources/kafka.py", "stream_ae/sinks/kafka.py", "stream_ae/broker.py",
-        "stream_ae/checkpoint/kafka_store.py"}
+        "stream_ae/sources/kafka.py", "stream_ae/sinks/kafka.py",
+        "stream_ae/apps/broker.py", "stream_ae/checkpoint/kafka_store.py"}
     assert _importers(package, "boto3") | _importers(package, "botocore") == {
         "stream_ae/checkpoint/s3_store.py"}
 

@@ -684,7 +684,7 @@ def _local_run_env(
     name: str, bootstrap: str, rename: dict[str, str], tag: str, tmp: pathlib.Path
 ) -> tuple[dict[str, str], list[str], int]:
     """A compose detector's env and argv, pointed at a local broker, unique names, free port."""
-    from stream_ae.broker import free_port
+    from stream_ae.apps.broker import free_port
 
     env, argv = _deployments()[f"compose:{name}"]
     env = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}
@@ -782,7 +782,7 @@ def test_compose_detectors_share_the_work_on_a_real_broker(
     import contextlib
     import signal
 
-    from stream_ae.broker import EmbeddedBroker, create_topics
+    from stream_ae.apps.broker import EmbeddedBroker, create_topics
     from stream_ae.testing import external_bootstrap, unique_name
 
     with contextlib.ExitStack() as stack:

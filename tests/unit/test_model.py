@@ -10,7 +10,6 @@ from torch import nn
 from stream_ae.model.network import Autoencoder, SeededDropout
 from stream_ae.model.online import OnlineAutoencoder, RunningScaler
 
-torch.set_num_threads(1)
 
 
 def data(n: int = 512, d: int = 6, seed: int = 0) -> np.ndarray:

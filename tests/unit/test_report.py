@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from stream_ae.evaluation import EpisodeDelay
-from stream_ae.readers import BadRow
+from stream_ae.report import BadRow
 from stream_ae.report import (
     MAX_GROUP_PLOTS,
     MAX_POINTS,

@@ -9,7 +9,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from stream_ae.simulate import (
+from stream_ae.apps.simulate import (
     ProduceStats,
     SensorSimulator,
     SimulationConfig,

@@ -1,4 +1,4 @@
-"""Runner with the in-memory group source and sink, and the real engine (small config)."""
+"""The service loop with the in-memory group source and sink, and the real engine."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ import pathlib
 import numpy as np
 import orjson
 import pytest
-import torch
 from structlog.testing import capture_logs
 
 from stream_ae.checkpoint import CheckpointStore
 from stream_ae.config import Settings
 from stream_ae.engine import Engine
 from stream_ae.records import Batch
-from stream_ae.runner import Runner
+from stream_ae.service.loop import ServiceLoop
+from stream_ae.service.main import EngineFactory, build_loop, engine_factory, run_restarting
 from stream_ae.sinks.memory import MemorySink
-from stream_ae.testing import MemoryGroupSource, ThresholdEngine
+from stream_ae.sources.memory import MemoryGroupSource
+from stream_ae.testing import FixedClock, ThresholdEngine
 
-torch.set_num_threads(1)
 NAMES = ("a", "b", "c")
 TP0 = ("s", 0)
 
@@ -53,19 +53,27 @@ def offline_flags(settings: Settings, x: np.ndarray) -> list[int]:
     return np.flatnonzero(res.is_anomaly).tolist()
 
 
-def run(settings: Settings, src: MemoryGroupSource, sink: MemorySink) -> Runner:
-    r = Runner(settings, src, sink, CheckpointStore(settings.checkpoint.directory,
-                                                    settings.checkpoint.keep))
+RULES: EngineFactory = (lambda n: ThresholdEngine(n, 5.0), ThresholdEngine.restore)
+
+
+def make(settings: Settings, src: MemoryGroupSource, sink: MemorySink | None = None,
+         engines: EngineFactory | None = None, **kw: object) -> ServiceLoop:
+    return build_loop(settings, src, sink or MemorySink(src.committer()),
+                      engines or engine_factory(settings), **kw)  # type: ignore[arg-type]
+
+
+def run(settings: Settings, src: MemoryGroupSource, sink: MemorySink | None = None,
+        engines: EngineFactory | None = None) -> MemorySink:
+    sink = sink or MemorySink(src.committer())
     with capture_logs():
-        r.run_until_idle()
-    return r
+        make(settings, src, sink, engines).run_until_idle()
+    return sink
 
 
 def test_alerts_equal_offline_engine_flags(tmp_path: pathlib.Path) -> None:
     settings = small_settings(tmp_path, max_records=37)
     msgs, x = stream(600)
-    sink = MemorySink()
-    run(settings, MemoryGroupSource({TP0: msgs}, max_per_poll=23), sink)
+    sink = run(settings, MemoryGroupSource({TP0: msgs}, max_per_poll=23))
     expected = offline_flags(settings, x)
     assert len(expected) > 5
     assert [a.position.offset for a in sink.alerts if a.position] == expected
@@ -85,8 +93,7 @@ def test_every_offset_gets_one_decision_and_bad_input_is_dead_lettered(
            b'{"a": 1, "b": 1, "c": 1e39}']
     msgs = [m for pair in zip(good, bad, strict=False) for m in pair] + good[len(bad):] + bad[6:]
     settings = small_settings(tmp_path)
-    sink = MemorySink()
-    run(settings, MemoryGroupSource({TP0: msgs}), sink)
+    sink = run(settings, MemoryGroupSource({TP0: msgs}))
     reasons = {d.original.position.offset: d.reason for d in sink.dead_letters}
     assert sorted(reasons.values()) == sorted(["invalid_json", "empty", "not_object",
                                               "missing_feature", "non_numeric", "non_finite",
@@ -101,13 +108,7 @@ def test_every_offset_gets_one_decision_and_bad_input_is_dead_lettered(
 def test_engine_rejections_become_dead_letters(tmp_path: pathlib.Path) -> None:
     msgs = [b'{"a": 1}', b'{"a": NaN}', b'{"a": 9}']
     settings = small_settings(tmp_path, engine={"features": {"names": ["a"], "missing": "ffill"}})
-    sink = MemorySink()
-    src = MemoryGroupSource({TP0: msgs})
-    r = Runner(settings, src, sink, CheckpointStore(tmp_path / "c"),
-               make_engine=lambda n: ThresholdEngine(n, 5.0),
-               restore_engine=ThresholdEngine.restore)
-    with capture_logs():
-        r.run_until_idle()
+    sink = run(settings, MemoryGroupSource({TP0: msgs}), engines=RULES)
     assert [(d.reason, d.original.position.offset) for d in sink.dead_letters] == [
         ("rejected:non_finite", 1)]
     assert [a.alert_id for a in sink.alerts] == ["s/0/2"]
@@ -116,16 +117,14 @@ def test_engine_rejections_become_dead_letters(tmp_path: pathlib.Path) -> None:
 def test_restart_replays_without_publishing_and_loses_nothing(tmp_path: pathlib.Path) -> None:
     settings = small_settings(tmp_path, max_records=40)
     msgs, x = stream(700, seed=1)
-    first = MemorySink()
     src = MemoryGroupSource({TP0: msgs[:430]})
-    run(settings, src, first)
+    first = run(settings, src)
     # the crash: the newest checkpoints are lost, so the restart must replay silently
     store = CheckpointStore(settings.checkpoint.directory)
     newest = store.paths(*TP0)[-1]
     newest.unlink()
     assert store.load(*TP0).position < 430
-    second = MemorySink()
-    run(settings, MemoryGroupSource({TP0: msgs}, committed=src.committed), second)
+    second = run(settings, MemoryGroupSource({TP0: msgs}, committed=src.committed))
     ids = [a.alert_id for a in first.alerts] + [a.alert_id for a in second.alerts]
     assert ids == [f"s/0/{o}" for o in offline_flags(settings, x)]
     assert min(d.start for d in second.decisions) == 430
@@ -135,19 +134,20 @@ def test_revoke_checkpoints_and_hands_over(tmp_path: pathlib.Path) -> None:
     settings = small_settings(tmp_path)
     msgs, x = stream(300, seed=2)
     src = MemoryGroupSource({TP0: msgs})
-    sink = MemorySink()
-    r = Runner(settings, src, sink, CheckpointStore(settings.checkpoint.directory))
+    sink = MemorySink(src.committer())
+    loop = make(settings, src, sink)
     with capture_logs() as logs:
-        r._open()
+        loop.open()
         for _ in range(3):
-            r.cycle(idle_timeout=0.0)
-        r.flush_pending()
+            loop.cycle(idle_timeout=0.0)
+        loop.flush()
         src.revoke([TP0])
+        loop.cycle(idle_timeout=0.0)  # the revocation arrives as a value with the next poll
+    assert loop.positions() == {}
     done = src.committed[TP0]
     assert CheckpointStore(settings.checkpoint.directory).load(*TP0).position == done
     assert "checkpoint_written" in [e["event"] for e in logs]
-    other = MemorySink()
-    run(settings, MemoryGroupSource({TP0: msgs}, committed=src.committed), other)
+    other = run(settings, MemoryGroupSource({TP0: msgs}, committed=src.committed))
     ids = [a.alert_id for a in sink.alerts + other.alerts]
     assert ids == [f"s/0/{o}" for o in offline_flags(settings, x)]
 
@@ -155,8 +155,7 @@ def test_revoke_checkpoints_and_hands_over(tmp_path: pathlib.Path) -> None:
 def test_feature_names_inferred_and_persisted(tmp_path: pathlib.Path) -> None:
     settings = small_settings(tmp_path, engine={"features": {"names": []}})
     msgs = [b"junk"] + [orjson.dumps({"key": "k", "ts": 1.0, "u": 1.0, "site": "x", "v": 2.0})] * 5
-    sink = MemorySink()
-    run(settings, MemoryGroupSource({TP0: msgs}), sink)
+    sink = run(settings, MemoryGroupSource({TP0: msgs}))
     ckpt = CheckpointStore(settings.checkpoint.directory).load(*TP0)
     assert ckpt.feature_names == ("u", "v")
     assert ckpt.position == 6 and ckpt.engine is not None
@@ -164,20 +163,16 @@ def test_feature_names_inferred_and_persisted(tmp_path: pathlib.Path) -> None:
 
 
 def test_partial_batch_waits_for_max_wait_then_is_processed(tmp_path: pathlib.Path) -> None:
-    from stream_ae.testing import FixedClock
-
     clock = FixedClock(100.0)
     settings = small_settings(tmp_path, batching={"max_records": 1000, "max_wait_ms": 200},
                               checkpoint={"directory": str(tmp_path / "c"), "interval_s": 5.0,
                                           "interval_records": 10**6})
     msgs = [orjson.dumps({"a": 1.0, "b": 2.0, "c": 3.0})] * 50
     src = MemoryGroupSource({TP0: msgs}, max_per_poll=10)
-    sink = MemorySink()
-    r = Runner(settings, src, sink, CheckpointStore(tmp_path / "c"),
-               make_engine=lambda n: ThresholdEngine(n, 5.0),
-               restore_engine=ThresholdEngine.restore, clock=clock)
+    sink = MemorySink(src.committer())
+    r = make(settings, src, sink, RULES, clock=clock)
     with capture_logs():
-        r._open()
+        r.open()
         r.cycle()  # first arrival: the 200 ms deadline starts now
         assert (src.committed, r.positions()) == ({}, {TP0: 0})
         clock.advance(0.1)
@@ -196,45 +191,33 @@ def test_partial_batch_waits_for_max_wait_then_is_processed(tmp_path: pathlib.Pa
     assert checkpoint.position == 31 and sink.offsets == {TP0: 31}
 
 
-def test_service_starts_over_after_a_kafka_failure(tmp_path: pathlib.Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_service_starts_over_after_a_kafka_failure(tmp_path: pathlib.Path) -> None:
     """A lost transaction (SinkError) restarts the runner in-process: checkpoint + catch-up,
     no alert lost, nothing published twice."""
     import threading
 
-    from prometheus_client import CollectorRegistry
-
-    from stream_ae import runner as runner_mod
     from stream_ae.errors import SinkError
-    from stream_ae.metrics import Health, ServiceMetrics
 
     settings = small_settings(tmp_path)
     msgs, x = stream(400, seed=3)
     stop, committed, sinks = threading.Event(), {}, []
 
-    class SharedSource(MemoryGroupSource):
-        def commit(self, offsets: dict[tuple[str, int], int]) -> None:
-            super().commit(offsets)
-            committed.update(offsets)
-
     class FlakySink(MemorySink):
-        def commit(self, offsets: object, source: object, timeout: float = 60.0) -> None:
+        def commit(self, offsets: object, timeout: float = 60.0) -> None:
             if len(sinks) == 1 and self.commits == 3:
                 raise SinkError("transaction lost in a broker outage")
-            super().commit(offsets, source, timeout)  # type: ignore[arg-type]
+            super().commit(offsets, timeout)  # type: ignore[arg-type]
+            committed.update(offsets)  # type: ignore[arg-type]  # the group coordinator's
             if committed.get(TP0) == len(msgs):
                 stop.set()
 
-    def build(settings: Settings, decisions: object = None, metrics: object = None,
-              health: object = None, engines: object = None) -> Runner:
-        sinks.append(FlakySink())
-        return Runner(settings, SharedSource({TP0: msgs}, committed=dict(committed)), sinks[-1],
-                      CheckpointStore(settings.checkpoint.directory))
+    def build() -> ServiceLoop:
+        src = MemoryGroupSource({TP0: msgs}, committed=committed)  # the group's offsets
+        sinks.append(FlakySink(src.committer()))
+        return make(settings, src, sinks[-1])
 
-    monkeypatch.setattr(runner_mod, "build_runner", build)
     with capture_logs() as logs:
-        runner_mod._run_restarting(settings, None, ServiceMetrics(CollectorRegistry()),
-                                   Health(), stop, backoff_s=0.0)
+        run_restarting(build, stop, backoff_s=0.0)
     assert len(sinks) == 2 and "service_restarting" in [e["event"] for e in logs]
     ids = [a.alert_id for s in sinks for a in s.alerts]
     assert ids == [f"s/0/{o}" for o in offline_flags(settings, x)]
@@ -256,12 +239,11 @@ def test_unrestorable_engine_falls_back_to_an_older_checkpoint(tmp_path: pathlib
         return ThresholdEngine.restore(blob)
 
     msgs = [b'{"a": 1, "b": 1, "c": 1}'] * 4 + [b'{"a": 9, "b": 1, "c": 1}']
-    sink = MemorySink()
-    r = Runner(small_settings(tmp_path), MemoryGroupSource({TP0: msgs}, committed={TP0: 4}),
-               sink, store, make_engine=lambda n: ThresholdEngine(n, 5.0),
-               restore_engine=restore)
+    settings = small_settings(tmp_path, checkpoint={"directory": str(tmp_path / "c")})
+    src = MemoryGroupSource({TP0: msgs}, committed={TP0: 4})
+    sink = MemorySink(src.committer())
     with capture_logs() as logs:
-        r.run_until_idle()
+        make(settings, src, sink, (RULES[0], restore)).run_until_idle()
     ready = next(e for e in logs if e["event"] == "partition_ready")
     assert "checkpoint_unusable" in [e["event"] for e in logs]
     assert (ready["start"], ready["publish_from"]) == (2, 4)
@@ -279,18 +261,18 @@ def test_not_ready_while_a_partition_catches_up(tmp_path: pathlib.Path) -> None:
         store.save(Checkpoint("s", 0, 2, ThresholdEngine(NAMES, 5.0).snapshot(), NAMES))
     msgs = [b'{"a": 1, "b": 1, "c": 1}'] * 6
     health = Health()
-    settings = small_settings(tmp_path, max_records=1)
-    r = Runner(settings, MemoryGroupSource({TP0: msgs}, committed={TP0: 4}, max_per_poll=1),
-               MemorySink(), store, make_engine=lambda n: ThresholdEngine(n, 5.0),
-               restore_engine=ThresholdEngine.restore, health=health)
+    settings = small_settings(tmp_path, max_records=1,
+                              checkpoint={"directory": str(tmp_path / "c")})
+    src = MemoryGroupSource({TP0: msgs}, committed={TP0: 4}, max_per_poll=1)
+    r = make(settings, src, None, RULES, health=health)
     seen = []
     with capture_logs():
-        r._open()
+        r.open()
         seen.append((r.positions()[TP0], health.ready))
         for _ in range(4):
             r.cycle(idle_timeout=0.0)
             seen.append((r.positions()[TP0], health.ready))
-        r._close()
+        r.close()
     assert seen == [(2, False), (3, False), (4, True), (5, True), (6, True)]
     assert health.ready is False  # stopped
 
@@ -315,7 +297,7 @@ def test_learned_state_config_change_follows_on_config_mismatch(
                                      "model": {"hidden": [4], "bottleneck": 2}})
     more, _ = stream(400)
     src = MemoryGroupSource({TP0: msgs + more[300:]}, committed={TP0: 300})
-    r = Runner(changed, src, MemorySink(), CheckpointStore(changed.checkpoint.directory))
+    r = make(changed, src)
     with capture_logs() as logs:
         if policy == "fail":
             with pytest.raises(ConfigMismatchError, match=r"model\.hidden") as err:
@@ -343,9 +325,9 @@ def test_decision_settings_apply_to_the_restored_engine(tmp_path: pathlib.Path) 
     changed = small_settings(tmp_path, engine={**before.engine.model_dump(mode="json"),
                                                "threshold": {"window": 100, "q": 0.5}})
     more, _ = stream(400)
-    sink = MemorySink()
-    r = Runner(changed, MemoryGroupSource({TP0: msgs + more[300:]}, committed={TP0: 300}),
-               sink, CheckpointStore(changed.checkpoint.directory))
+    src = MemoryGroupSource({TP0: msgs + more[300:]}, committed={TP0: 300})
+    sink = MemorySink(src.committer())
+    r = make(changed, src, sink)
     with capture_logs() as logs:
         r.run_until_idle()
     assert "checkpoint_config_mismatch" not in [e["event"] for e in logs]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import collections
 import json
 import math
-import os
 import pathlib
 import shutil
 import signal
@@ -33,11 +32,11 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from stream_ae.broker import EmbeddedBroker
+from stream_ae.apps.broker import EmbeddedBroker
+from stream_ae.apps.simulate import SimBlock, SimulationConfig, produce_to
 from stream_ae.config import KafkaConfig, Settings
 from stream_ae.errors import StreamAEError
 from stream_ae.schema import AlertMessage, EventMessage
-from stream_ae.simulate import SimBlock, SimulationConfig, produce_to
 from stream_ae.sources.kafka import KafkaTopicReader
 
 log = structlog.get_logger()
@@ -243,8 +242,7 @@ def _start_service(config_path: pathlib.Path, log_path: pathlib.Path) -> subproc
     with log_path.open("ab") as out:
         # own session: a Ctrl-C in the terminal reaches the demo, which stops the service itself
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                stdin=subprocess.DEVNULL, start_new_session=True)
     log.info("demo_service_started", pid=proc.pid, config=str(config_path), log=str(log_path))
     return proc
 
@@ -262,7 +260,7 @@ def _stop_service(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int |
 
 
 class _Producer:
-    """Runs the simulator in a thread (:func:`~stream_ae.simulate.produce_to`)."""
+    """Runs the simulator in a thread (:func:`~stream_ae.apps.simulate.produce_to`)."""
 
     def __init__(self, kafka: KafkaConfig, sim: SimulationConfig, opts: DemoOptions,
                  state: DemoState) -> None:

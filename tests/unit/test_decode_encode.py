@@ -8,11 +8,12 @@ import numpy as np
 import orjson
 import pytest
 
-from stream_ae import serde
+from stream_ae import decode, encode
 from stream_ae.config import RecordFormat
-from stream_ae.records import Alert, DeadLetter, DriftEvent, RawMessage, SourcePosition
+from stream_ae.decode import Decoder
+from stream_ae.outputs import Decision, EventRecord, message_id
+from stream_ae.records import Alert, DeadLetter, DriftEvent, RawBlock, RawMessage, SourcePosition
 from stream_ae.schema import AlertMessage, DecisionMessage, EventMessage
-from stream_ae.serde import Decoder, RawBlock
 
 
 def block(values: list[bytes | None], keys: list[bytes | None] | None = None,
@@ -68,9 +69,9 @@ def test_ffill_policy_keeps_missing_values_as_nan() -> None:
 
 
 def test_timestamp_units_and_missing() -> None:
-    assert serde.event_time({"ts": 1.5}, "ts", None) == 1.5
-    assert serde.event_time({"ts": 1_700_000_000_123}, "ts", None) == 1_700_000_000.123
-    assert math.isnan(serde.event_time({}, "ts", None))
+    assert decode.event_time({"ts": 1.5}, "ts", None) == 1.5
+    assert decode.event_time({"ts": 1_700_000_000_123}, "ts", None) == 1_700_000_000.123
+    assert math.isnan(decode.event_time({}, "ts", None))
 
 
 def test_concat_and_tail_keep_headers_aligned() -> None:
@@ -83,12 +84,12 @@ def test_concat_and_tail_keep_headers_aligned() -> None:
 
 def _alert() -> Alert:
     pos = SourcePosition("s", 2, 7)
-    return Alert(serde.message_id(pos), "k", math.nan, {"a": 1.0, "b": math.inf}, 3.0, 1.0,
+    return Alert(message_id(pos), "k", math.nan, {"a": 1.0, "b": math.inf}, 3.0, 1.0,
                  (("a", 2.0), ("b", 1.0)), 4, pos, True, 99.0)
 
 
 def test_encoded_alert_validates_against_the_wire_model() -> None:
-    msg = AlertMessage.model_validate_json(serde.encode_alert(_alert()))
+    msg = AlertMessage.model_validate_json(encode.encode_alert(_alert()))
     assert msg.alert_id == "s/2/7" and msg.source.offset == 7
     assert msg.event_time is None and msg.features == {"a": 1.0, "b": None}
     assert [f.name for f in msg.top_features] == ["a", "b"] and msg.context.drift_recent
@@ -97,16 +98,16 @@ def test_encoded_alert_validates_against_the_wire_model() -> None:
 def test_encoded_event_and_decision_validate() -> None:
     e = DriftEvent("drift", "adwin", 50, 3, 12.0, 1.0, 2.0, "boost")
     ev = EventMessage.model_validate_json(
-        serde.encode_event(e, SourcePosition("s", 0, 53), 3, 100.0))
+        encode.encode_event(EventRecord(e, SourcePosition("s", 0, 53), 3), 100.0))
     assert ev.event_id == "s/0/53/drift" and ev.record_index == 50
     dec = DecisionMessage.model_validate_json(
-        serde.encode_decision(serde.Decision("s", 0, 5, 9, (6,), (8,))))
+        encode.encode_decision(Decision("s", 0, 5, 9, (6,), (8,))))
     assert (dec.start_offset, dec.end_offset, dec.alert_offsets) == (5, 9, [6])
 
 
 def test_dead_letter_headers_carry_reason_and_coordinates() -> None:
     m = RawMessage(b"x", b"k", (("orig", b"1"),), 5, SourcePosition("s", 3, 8))
-    h = dict(serde.dead_letter_headers(DeadLetter("non_numeric", "bad b", m), 1.0))
+    h = dict(encode.dead_letter_headers(DeadLetter("non_numeric", "bad b", m), 1.0))
     assert h["orig"] == b"1" and h["stream-ae.reason"] == b"non_numeric"
     assert (h["stream-ae.source-topic"], h["stream-ae.source-partition"],
             h["stream-ae.source-offset"]) == (b"s", b"3", b"8")
@@ -114,4 +115,4 @@ def test_dead_letter_headers_carry_reason_and_coordinates() -> None:
 
 def test_infer_feature_names_skips_undecodable_and_non_numeric() -> None:
     blk = block([b"oops", orjson.dumps({"key": "a", "ts": 1, "x": 1, "on": True, "y": 2.0})])
-    assert serde.infer_feature_names(blk, RecordFormat()) == ("x", "y")
+    assert decode.infer_feature_names(blk, RecordFormat()) == ("x", "y")
