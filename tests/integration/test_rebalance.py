@@ -92,8 +92,10 @@ class Member:
         # drop the clients unclosed: librdkafka destroys them without leaving the group
         runner.source._consumer = None  # type: ignore[attr-defined]
         runner.sink._producer = None  # type: ignore[attr-defined]
-        if hasattr(runner.store, "_producer"):
-            runner.store._producer = None
+        store = runner.restorer.store
+        for client in ("_producer", "_reader"):  # the kafka store's
+            if hasattr(store, client):
+                setattr(store, client, None)
         gc.collect()
 
     def shutdown(self) -> None:
