@@ -11,7 +11,7 @@ from store_helpers import corrupt_directory, corrupt_kafka, corrupt_s3, create_b
 from structlog.testing import capture_logs
 
 from stream_ae.apps.broker import create_topics
-from stream_ae.checkpoint import CheckpointStore, encode_checkpoint
+from stream_ae.checkpoint import Checkpoint, CheckpointStore, encode_checkpoint
 from stream_ae.checkpoint.base import Store
 from stream_ae.checkpoint.checks import Subject, ckpt, yield_checks
 from stream_ae.checkpoint.kafka_store import KafkaCheckpointStore
@@ -74,3 +74,50 @@ def test_kafka_store_creates_a_compacted_changelog_sized_like_the_input(
     finally:
         store.close()
 
+
+
+@pytest.mark.parametrize("kind", ["kafka", "s3"])
+def test_inspect_reads_the_configured_store(kind: str, request: pytest.FixtureRequest, tag: str,
+                                            tmp_path: pathlib.Path) -> None:
+    """``stream-ae checkpoint inspect -c FILE`` lists the configured store's checkpoints of
+    every input topic, newest first, with the stored engine settings beside the current."""
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from stream_ae.cli import app
+    from stream_ae.config import Settings, TrainingConfig
+    from stream_ae.engine import Engine
+
+    tag = tag.replace("_", "-").lower()
+    subject = subject_for(kind, request, tag, tmp_path)
+    store = subject.make(2)
+    data: dict[str, object] = {"kafka": {"input_topics": [subject.topic], "group_id": f"g-{tag}"},
+                               "log": {"level": "warning"}}
+    if isinstance(store, KafkaCheckpointStore):
+        data["kafka"] |= {"bootstrap_servers": store.kafka.bootstrap_servers}  # type: ignore[operator]
+        data["checkpoint"] = {"store": "kafka"}
+    else:
+        assert isinstance(store, S3CheckpointStore)
+        data["checkpoint"] = {"store": "s3", "s3": store.config.model_dump()}
+    settings = Settings.load(None, **data)
+    engine = Engine(settings.engine.model_copy(update={"training": TrainingConfig(
+        window=512, batch_size=64)}), ("a", "b"))
+    store.open()
+    try:
+        with capture_logs():
+            store.save(ckpt(subject.topic, 1, 10))
+            store.save(Checkpoint(subject.topic, 1, 20, engine.snapshot(), ("a", "b")))
+    finally:
+        store.close()
+    cfg = tmp_path / "current.yaml"
+    cfg.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    result = CliRunner().invoke(app, ["checkpoint", "inspect", "-c", str(cfg)])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["partition"], r["position"], r["valid"]) for r in rows] == [
+        (1, 20, True), (1, 10, True)]
+    assert rows[0]["config_diff"]["training.window"] == {"stored": 512, "current": 4096}
+    assert (rows[0]["learned_state_mismatch"], rows[0]["on_restart"]) == (
+        ["training.window"], "fail")
