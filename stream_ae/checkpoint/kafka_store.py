@@ -308,7 +308,7 @@ class KafkaCheckpointStore:
         deadline = time.monotonic() + self.config.timeout_s
         while time.monotonic() < deadline:
             try:
-                msgs = consumer.consume(500, 0.2)
+                msgs = consumer.consume(256, 0.02)  # returns at the timeout: keep it short
             except KafkaException as exc:
                 raise StoreError(f"cannot read changelog {name}: {exc}") from exc
             for m in msgs:
