@@ -171,10 +171,15 @@ def run_cmd(
     """Run the detection service: consume, score, publish alerts; Ctrl-C/SIGTERM stops it."""
     import functools
 
+    from stream_ae.errors import GaveUpError
     from stream_ae.service.main import kafka_loop, run_service
 
-    run_service(_settings(config), build=functools.partial(kafka_loop,
-                                                           decisions_topic=decisions_topic))
+    try:
+        run_service(_settings(config), build=functools.partial(kafka_loop,
+                                                               decisions_topic=decisions_topic))
+    except GaveUpError as exc:
+        typer.echo(f"stream-ae run gave up: {exc}", err=True)
+        raise typer.Exit(1) from exc
 
 
 @schema_app.command("alert")

@@ -37,16 +37,21 @@ class FeaturesConfig(_Frozen):
         description="Feature field names in model order. Empty: taken from the first valid record "
         "(JSON object keys in order, minus key/timestamp/label fields).",
     )
-    lags: int = Field(default=0, ge=0, le=64, description="Previous readings of the same key "
-                      "concatenated to each record (shingle length minus one); set it from the "
-                      "sampling rate (e.g. 8 at 1 Hz for 9 s of context, see docs/quality.md).")
+    lags: int = Field(default=8, ge=0, le=64, description="Previous readings of the same key "
+                      "concatenated to each record (shingle length minus one): temporal context "
+                      "per key, so that a single sensor is a meaningful model input and "
+                      "collective anomalies are seen (8: 9 s of context at 1 Hz; 0: each "
+                      "record on its own, for i.i.d. tabular data).")
     diffs: bool = Field(default=False, description="Append first differences per key.")
     missing: Literal["reject", "ffill"] = Field(
         default="reject",
         description="NaN/inf/missing values: reject the record (dead letter) or carry the key's "
         "last value forward.",
     )
-    max_keys: int = Field(default=100_000, ge=1, description="Per-key lag buffers kept (LRU).")
+    max_keys: int = Field(default=100_000, ge=1, description="Per-key lag buffers kept (LRU): "
+                          "the least recently seen key's history is dropped, so memory stays "
+                          "bounded (about max_keys x (4 x features x max(lags, 1) + 200) bytes) "
+                          "whatever the number of distinct keys.")
 
     @field_validator("names", mode="before")
     @classmethod
@@ -65,7 +70,8 @@ class ModelConfig(_Frozen):
     hidden: tuple[int, ...] = Field(default=(), description="Encoder hidden widths (the decoder "
                                     "mirrors them); empty: a linear autoencoder.")
     bottleneck: int = Field(default=0, ge=0, description="Code width; 0: a quarter of the model "
-                            "inputs (at least 1).")
+                            "inputs, at least 1 and always fewer than the inputs (a code as "
+                            "wide as its input would reconstruct it exactly).")
     activation: Literal["relu", "tanh", "gelu", "elu", "silu"] = "elu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=0.0, ge=0.0)
@@ -143,15 +149,62 @@ class DriftConfig(_Frozen):
         return self.lr_boost == 1.0 and not self.rewarm_threshold
 
 
+class DecisionConfig(_Frozen):
+    """From scores to decisions: calibrated grades, a false-alarm budget, evidence, incidents.
+
+    ``mode: budget`` (the default) calibrates each score into a tail probability ``p`` under
+    the recent normal scores of its key (peaks over threshold with a generalized Pareto
+    tail) and flags a record when ``p`` is below the single-record share of the budget, or
+    when the key's accumulated evidence (a CUSUM of ``-ln p``) crosses the level the rest of
+    the budget allows. ``quantile`` and ``mean_std`` keep the rolling threshold of
+    ``engine.threshold`` instead (no grades beyond the same calibration, flags from it).
+    """
+
+    mode: Literal["budget", "quantile", "mean_std"] = "budget"
+    false_alarm_rate: float = Field(default=1e-4, gt=0.0, lt=0.5, description="Expected false "
+                                    "flags per record of normal data (budget mode). Alerts per "
+                                    "key and day on a normal stream = rate x records per key and "
+                                    "day: 1e-4 at 1 Hz is about 8.6 flagged records a day, "
+                                    "fewer incidents (docs/engine.md#decisions).")
+    point_share: float = Field(default=0.5, gt=0.0, lt=1.0, description="Share of the budget "
+                               "spent on single extreme records; the rest on evidence.")
+    evidence_k: float = Field(default=2.3, gt=0.0, description="CUSUM reference value on the "
+                              "surprise -ln p: only records with p < exp(-k) add evidence "
+                              "(2.3: p < 0.1).")
+    evidence_cap: float = Field(default=2.0, ge=1.0, description="The evidence is capped at "
+                                "this multiple of its alarm level, so it falls below the level "
+                                "within a few records after a fault ends.")
+    grade_decades: float = Field(default=10.0, gt=0.0, description="grade = -log10(p) / this, "
+                                 "clipped to [0, 1]: 0.5 is a one-in-100,000 score.")
+    calibration_window: int = Field(default=20_000, ge=100, description="Recent normal scores "
+                                    "the tail is estimated from.")
+    min_scores: int = Field(default=100, ge=10, description="Normal scores (the warm-up's "
+                            "held-out ones count) the calibration needs before anything is "
+                            "flagged.")
+    key_min_records: int = Field(default=50, ge=1, description="Normal records a key needs "
+                                 "before it is calibrated on its own level and can be flagged "
+                                 "(before: its records are learned from, as normal).")
+    quiet_records: int = Field(default=60, ge=1, description="Records of a key without a flag "
+                               "that resolve its open incident.")
+    update_every: int = Field(default=60, ge=1, description="Flagged records between two "
+                              "'updated' messages of an incident.")
+    drift_recent_records: int = Field(default=1000, ge=0, description="Alerts within this many "
+                                      "records after a drift or regime event say "
+                                      "context.drift_recent.")
+
+
 class RegimeConfig(_Frozen):
-    """Sustained-alarm policy: a long alarm run is a regime change, not an endless anomaly."""
+    """Quiet after a new normal, per key: an incident that lasts is re-learned as normal."""
 
     enabled: bool = True
-    max_alarm_fraction: float = Field(default=0.6, gt=0.0, le=1.0, description="Fraction of "
-                                      "flagged records in the last `run_length` that triggers it.")
-    run_length: int = Field(default=600, ge=1, description="Records the fraction is taken over "
-                            "(600: ten minutes at 1 Hz).")
-    relearn_steps: int = Field(default=50, ge=0)
+    after_records: int = Field(default=600, ge=1, description="Records of the key an incident "
+                               "may last before the key's behaviour is declared its new normal "
+                               "(600: ten minutes at 1 Hz).")
+    after_seconds: float = Field(default=600.0, gt=0.0, description="... or this much event "
+                                 "time, whichever comes first (records without timestamps "
+                                 "count records only).")
+    relearn_steps: int = Field(default=50, ge=0, description="Extra learning steps on the "
+                               "key's recent records when it changes regime.")
 
 
 class EngineConfig(_Frozen):
@@ -162,6 +215,7 @@ class EngineConfig(_Frozen):
     training: TrainingConfig = TrainingConfig()
     threshold: ThresholdConfig = ThresholdConfig()
     drift: DriftConfig = DriftConfig()
+    decision: DecisionConfig = DecisionConfig()
     regime: RegimeConfig = RegimeConfig()
 
 
@@ -172,7 +226,8 @@ class EngineConfig(_Frozen):
 LEARNED_STATE: tuple[str, ...] = (
     "features.*", "model.*",
     "training.window", "training.stride", "training.warmup", "training.scaler_memory",
-    "threshold.window", "drift.detector", "drift.history", "regime.run_length",
+    "threshold.window", "drift.detector", "drift.history", "decision.calibration_window",
+    "regime.after_records",
 )
 
 
@@ -229,7 +284,22 @@ class RecordFormat(_Frozen):
     timestamp_field: str = Field(default="ts", description="Event time (epoch seconds/ms or "
                                  "ISO-8601); the Kafka timestamp is used when absent.")
     label_field: str | None = Field(default=None, description="Optional 0/1 label field.")
-    max_message_bytes: int = Field(default=1_000_000, ge=64)
+    max_message_bytes: int = Field(
+        default=1_000_000, ge=64,
+        description="Largest input message value decoded; larger ones are dead-lettered "
+        "('oversized'). The producer's message.max.bytes (kafka.max_message_bytes) defaults to "
+        "this plus 32 KiB so such a dead letter keeps its whole payload; a dead letter that "
+        "would exceed the producer limit keeps a prefix and says so in its headers.")
+    max_key_length: int = Field(default=256, ge=1, description="Longest sensor key (JSON "
+                                "field, message key or file key column), in characters; longer "
+                                "ones are dead-lettered ('key_too_long').")
+    max_fields: int = Field(default=1000, ge=1, description="Most fields in one JSON object; "
+                            "more: dead letter ('too_many_fields'). Also bounds the feature "
+                            "names taken from the first record.")
+    max_field_name_length: int = Field(default=128, ge=1, description="Longest feature name "
+                                       "taken from a record when engine.features.names is "
+                                       "empty; a record with a longer numeric field is not used "
+                                       "for the names ('field_name_too_long').")
 
 
 class KafkaConfig(_Frozen):
@@ -242,10 +312,24 @@ class KafkaConfig(_Frozen):
     dead_letter_topic: str = "sensor-dead-letters"
     events_topic: str | None = Field(default="sensor-events", description="Drift/regime events; "
                                      "null disables them.")
+    incidents_topic: str | None = Field(default="sensor-incidents", description="Incident "
+                                        "lifecycle messages (opened/updated/resolved); null "
+                                        "disables them.")
     guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
     transactional_id: str | None = Field(default=None, description="Stable per instance; default "
                                          "'<group_id>-<hostname>'.")
     session_timeout_ms: int = 10_000
+    max_message_bytes: int | None = Field(
+        default=None, ge=16_384, description="Producer message.max.bytes: the largest alert, "
+        "event or dead letter (value, key and headers) this service publishes; bigger dead "
+        "letters are truncated to fit. Default: record.max_message_bytes + 32768. The output "
+        "topics' (and the broker's) max.message.bytes must be at least this (Kafka's default "
+        "1048588 fits the default 1032768).")
+    fetch_max_bytes: int = Field(
+        default=52_428_800, ge=1024, description="Consumer fetch.max.bytes (and "
+        "receive.message.max.bytes above it); max.partition.fetch.bytes is set to "
+        "max(1 MiB, the producer limit). Brokers return a larger message alone, so any "
+        "input size is consumed; this bounds the memory one fetch takes.")
     security_protocol: str | None = None
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -346,6 +430,23 @@ class MetricsConfig(_Frozen):
     port: int = Field(default=9108, ge=0, le=65535)
 
 
+class ServiceConfig(_Frozen):
+    """Liveness and give-up rules of the long-running service."""
+
+    progress_timeout_s: float = Field(default=300.0, gt=0.0, description="/healthz answers 503 "
+                                      "when no batch was committed for this long while there "
+                                      "is input (pending records or consumer lag > 0), so an "
+                                      "orchestrator restarts a wedged instance.")
+    max_restarts_same_offset: int = Field(default=5, ge=1, description="Consecutive batch "
+                                          "failures at the same committed offsets (each one "
+                                          "restarts the service in-process) after which it "
+                                          "gives up: error 'service_gave_up', exit status 1. "
+                                          "Failures before a batch (e.g. a broker outage while "
+                                          "connecting) do not count.")
+    restart_backoff_s: float = Field(default=2.0, ge=0.0, description="Wait before an "
+                                     "in-process restart.")
+
+
 class LogConfig(_Frozen):
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -366,6 +467,7 @@ class Settings(BaseSettings):
     batching: BatchingConfig = BatchingConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     metrics: MetricsConfig = MetricsConfig()
+    service: ServiceConfig = ServiceConfig()
     log: LogConfig = LogConfig()
 
     @model_validator(mode="after")
@@ -373,6 +475,13 @@ class Settings(BaseSettings):
         t = self.engine.training
         if t.batch_size > t.window:
             raise ValueError("engine.training.batch_size must be <= engine.training.window")
+        names, r = self.engine.features.names, self.record
+        if len(names) > r.max_fields or any(len(n) > r.max_field_name_length for n in names):
+            raise ValueError("engine.features.names exceed record.max_fields or "
+                             "record.max_field_name_length")
+        if producer_max_bytes(self) > self.kafka.fetch_max_bytes:
+            raise ValueError("kafka.fetch_max_bytes must be >= the producer limit "
+                             "(kafka.max_message_bytes)")
         return self
 
     @classmethod
@@ -399,6 +508,17 @@ class Settings(BaseSettings):
             return cls(**data)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+
+
+def producer_max_bytes(settings: Settings) -> int:
+    """The producer's ``message.max.bytes``: ``kafka.max_message_bytes`` or the input limit
+    plus room for a dead letter's key and headers.
+
+    >>> producer_max_bytes(Settings())
+    1032768
+    """
+    explicit = settings.kafka.max_message_bytes
+    return explicit if explicit is not None else settings.record.max_message_bytes + 32_768
 
 
 def read_config_file(path: str | pathlib.Path) -> dict[str, Any]:

@@ -47,6 +47,7 @@ log = structlog.get_logger()
 REASONS = (
     "empty", "oversized", "invalid_json", "not_object", "field_count", "missing_feature",
     "non_numeric", "non_finite", "bad_key", "bad_timestamp", "bad_label", "no_features",
+    "key_too_long", "too_many_fields", "field_name_too_long",
 )
 
 _NUMBER = (int, float)
@@ -129,6 +130,7 @@ class Decoder:
 
     def _fast_path(self) -> Callable[[RawValue], tuple[Sequence[Any], str, float, int] | None]:
         loads, max_bytes = orjson.loads, self.fmt.max_message_bytes
+        max_key, max_fields = self.fmt.max_key_length, self.fmt.max_fields
         pick = operator.itemgetter(*self.names) if len(self.names) > 1 else _one(self.names)
         kf, tf, lf = self.fmt.key_field, self.fmt.timestamp_field, self.fmt.label_field
 
@@ -149,15 +151,16 @@ class Decoder:
                 return None
             if (type(key) is str and type(stamp) is float
                     and -MS_THRESHOLD <= stamp <= MS_THRESHOLD and label in (-1, 0, 1)
-                    and type(label) in _NUMBER):
+                    and type(label) in _NUMBER and len(key) <= max_key
+                    and len(obj) <= max_fields):
                 return row, key, stamp, int(label)
             return None
 
         return fast
 
     def _decode_one(self, block: RawBlock, i: int) -> tuple[Sequence[Any], str, float, int]:
-        obj = load_object(block.values[i], self.fmt.max_message_bytes)
-        return (self._row(obj), record_key(obj, self.fmt.key_field, block.keys[i]),
+        obj = load_bounded(block.values[i], self.fmt)
+        return (self._row(obj), bounded_key(obj, self.fmt, block.keys[i]),
                 event_time(obj, self.fmt.timestamp_field, block.timestamps_ms[i]),
                 record_label(obj, self.fmt.label_field))
 
@@ -189,8 +192,8 @@ class Decoder:
                 keys, stamps = [keys[j] for j in keep], [stamps[j] for j in keep]
                 labels, good = [labels[j] for j in keep], [good[j] for j in keep]
         lab = np.array(labels, dtype=np.int64) if any(x >= 0 for x in labels) else None
-        batch = Batch(tuple(keys), np.array(stamps, dtype=np.float64), values32, lab)
         offsets = np.array([block.offsets[i] for i in good], dtype=np.int64)
+        batch = Batch(tuple(keys), np.array(stamps, dtype=np.float64), values32, lab, offsets)
         dead.sort(key=lambda d: d.original.position.offset)
         return Decoded(batch, offsets, tuple(dead), self.names, values)
 
@@ -244,6 +247,28 @@ def load_object(value: RawValue, max_bytes: int) -> Mapping[str, Any]:
     if not isinstance(obj, dict):
         raise DecodeError("not_object", f"JSON {type(obj).__name__}, expected an object")
     return obj
+
+
+def load_bounded(value: RawValue, fmt: RecordFormat) -> Mapping[str, Any]:
+    """:func:`load_object` within ``fmt``'s size and field-count limits.
+
+    >>> load_bounded(b'{"a": 1, "b": 2}', RecordFormat(max_fields=1))
+    Traceback (most recent call last):
+    ...
+    stream_ae.errors.DecodeError: too_many_fields: 2 fields > 1
+    """
+    obj = load_object(value, fmt.max_message_bytes)
+    if len(obj) > fmt.max_fields:
+        raise DecodeError("too_many_fields", f"{len(obj)} fields > {fmt.max_fields}")
+    return obj
+
+
+def bounded_key(obj: Mapping[str, Any], fmt: RecordFormat, msg_key: bytes | None) -> str:
+    """:func:`record_key` no longer than ``fmt.max_key_length`` characters."""
+    key = record_key(obj, fmt.key_field, msg_key)
+    if len(key) > fmt.max_key_length:
+        raise DecodeError("key_too_long", f"key of {len(key)} characters > {fmt.max_key_length}")
+    return key
 
 
 def _load_lenient(value: bytes) -> Any:
@@ -317,21 +342,77 @@ def record_label(obj: Mapping[str, Any], label_field: str | None) -> int:
 def infer_feature_names(block: RawBlock, fmt: RecordFormat) -> tuple[str, ...] | None:
     """Numeric fields of the first decodable object, minus key/timestamp/label; None if none.
 
+    Objects beyond ``fmt``'s limits (too many fields, too long names) are not used.
+
     >>> blk = RawBlock("t", 0, [0], [b'{"key": "a", "ts": 1, "x": 1.5, "s": "on", "y": 2}'],
     ...                [None], [None])
     >>> infer_feature_names(blk, RecordFormat())
     ('x', 'y')
     """
-    skip = {fmt.key_field, fmt.timestamp_field, fmt.label_field}
-    for value in block.values:
+    found = find_template(block, fmt)
+    return None if found is None else found[1]
+
+
+def find_template(block: RawBlock, fmt: RecordFormat) -> tuple[int, tuple[str, ...]] | None:
+    """Row and feature names of the first row that can name the features; None if none."""
+    for i, value in enumerate(block.values):
         try:
-            obj = load_object(value, fmt.max_message_bytes)
+            return i, template_names(load_bounded(value, fmt), fmt)
         except DecodeError:
             continue
-        names = tuple(k for k, v in obj.items() if k not in skip and type(v) in _NUMBER)
-        if names:
-            return names
     return None
+
+
+def template_names(obj: Mapping[str, Any], fmt: RecordFormat) -> tuple[str, ...]:
+    """The feature names an object gives: its numeric fields minus key/timestamp/label.
+
+    >>> template_names({"key": "k", "ts": 1.0, "temperature": 2}, RecordFormat(
+    ...     max_field_name_length=5))
+    Traceback (most recent call last):
+    ...
+    stream_ae.errors.DecodeError: field_name_too_long: a field name of 11 characters > 5
+    """
+    skip = {fmt.key_field, fmt.timestamp_field, fmt.label_field}
+    names = tuple(k for k, v in obj.items() if k not in skip and type(v) in _NUMBER)
+    if not names:
+        raise DecodeError("no_features", "no numeric fields and no feature names known yet")
+    longest = max(map(len, names))
+    if longest > fmt.max_field_name_length:
+        raise DecodeError("field_name_too_long", f"a field name of {longest} characters > "
+                          f"{fmt.max_field_name_length}")
+    return names
+
+
+def decode_inferring(block: RawBlock, fmt: RecordFormat, missing: str = "reject"
+                     ) -> tuple[Decoder | None, Decoded]:
+    """Decode a block while no feature names are known: they come from the block's first
+    row that can name them (:func:`find_template`). Rows before it are dead letters with the
+    reason they could not name the features, as they would be in a batch of their own, so
+    a dead letter does not depend on how the stream was split into batches.
+
+    >>> blk = RawBlock("t", 0, [0, 1], [b"{oops", b'{"x": 1}'], [None, None], [None, None])
+    >>> dec, out = decode_inferring(blk, RecordFormat())
+    >>> dec.names, out.batch.values.tolist(), [d.reason for d in out.dead_letters]
+    (('x',), [[1.0]], ['invalid_json'])
+    """
+    found = find_template(block, fmt)
+    stop = len(block) if found is None else found[0]
+    dead = tuple(_unnamed(block, i, fmt) for i in range(stop))
+    if found is None:
+        batch = Batch.from_arrays(np.zeros((0, 0), dtype=np.float32))
+        return None, Decoded(batch, np.zeros(0, dtype=np.int64), dead)
+    decoder = Decoder(found[1], fmt, missing)
+    rest = decoder.decode(block.tail(stop))
+    return decoder, Decoded(rest.batch, rest.offsets, dead + rest.dead_letters, rest.names,
+                            rest.raw_values)
+
+
+def _unnamed(block: RawBlock, i: int, fmt: RecordFormat) -> DeadLetter:
+    try:
+        template_names(load_bounded(block.values[i], fmt), fmt)
+    except DecodeError as exc:
+        return dead_letter(block, i, exc.reason, exc.detail)
+    raise AssertionError("a row before the template names the features")  # pragma: no cover
 
 
 def dead_letter(block: RawBlock, i: int, reason: str, detail: str = "") -> DeadLetter:
@@ -344,7 +425,8 @@ class FeatureSchema:
 
     Names come from the configuration or, when it lists none, from the first decodable
     record of any partition (or from a checkpoint, :meth:`adopt`); until then every row is
-    a dead letter (``no_features``).
+    a dead letter with the reason it could not name them (``no_features`` when it is an
+    object without numeric fields), whatever the batch it came in.
 
     Parameters
     ----------
@@ -388,16 +470,11 @@ class FeatureSchema:
     def decode(self, block: RawBlock) -> Decoded:
         """Decode ``block`` (inferring the names from it when none are known yet)."""
         if self._decoder is None:
-            self._names = self._names or infer_feature_names(block, self.fmt)
-            if self._names is None:
-                return all_dead(block, "no_features", "no feature names known yet")
+            if self._names is None:  # from the first row that can name them
+                self._decoder, decoded = decode_inferring(block, self.fmt, self.missing)
+                if self._decoder is not None:
+                    self._names = self._decoder.names
+                    log.info("feature_names", names=list(self._names))
+                return decoded
             self._decoder = Decoder(self._names, self.fmt, self.missing)
-            log.info("feature_names", names=list(self._names))
         return self._decoder.decode(block)
-
-
-def all_dead(block: RawBlock, reason: str, detail: str = "") -> Decoded:
-    """Every row of ``block`` as a dead letter, nothing for the engine."""
-    dead = tuple(dead_letter(block, i, reason, detail) for i in range(len(block)))
-    batch = Batch.from_arrays(np.zeros((0, 0), dtype=np.float32))
-    return Decoded(batch, np.zeros(0, dtype=np.int64), dead)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -29,16 +29,20 @@ from pydantic import ValidationError
 
 from stream_ae import snapshot as snap
 from stream_ae.config import EngineConfig, learned_state_diff
+from stream_ae.detect.decide import DecisionLayer
 from stream_ae.detect.drift import DriftMonitor
 from stream_ae.detect.threshold import RollingQuantileThreshold
 from stream_ae.errors import ConfigError, ConfigMismatchError, SnapshotError
 from stream_ae.model.online import OnlineAutoencoder, RunningScaler
-from stream_ae.records import Batch, DriftEvent, StepResult
+from stream_ae.records import (
+    Batch,
+    DriftEvent,
+    IncidentChange,
+    SensorContribution,
+    StepResult,
+)
+from stream_ae.types import F32, F64, I64
 from stream_ae.windowing import FeatureStage, RecordWindow, feature_names
-
-F32 = npt.NDArray[np.float32]
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
 
 STATE_SCHEMA = 1
 _LOG_EPS = 1e-12
@@ -56,10 +60,15 @@ class _Out:
     flags: npt.NDArray[np.bool_]
     warmup: npt.NDArray[np.bool_]
     errors: F32
-    versions: npt.NDArray[np.int64]
     batch: Batch
     base: int
+    grades: F64
+    incident: I64
+    versions: I64
+    ids: I64
     events: list[DriftEvent] = field(default_factory=list)
+    incidents: list[IncidentChange] = field(default_factory=list)
+    explanations: dict[int, tuple[SensorContribution, ...]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, batch: Batch, n_features: int, base: int) -> _Out:
@@ -70,9 +79,13 @@ class _Out:
             flags=np.zeros(n, dtype=np.bool_),
             warmup=np.zeros(n, dtype=np.bool_),
             errors=np.full((n, n_features), np.nan, dtype=np.float32),
-            versions=np.zeros(n, dtype=np.int64),
             batch=batch,
             base=base,
+            grades=np.full(n, np.nan),
+            incident=np.full(n, -1, dtype=np.int64),
+            versions=np.zeros(n, dtype=np.int64),
+            ids=(batch.ids if batch.ids is not None
+                 else np.arange(base, base + n, dtype=np.int64)),
         )
 
     def event(self, kind: str, detector: str, row: int, levels: tuple[float, float],
@@ -82,6 +95,16 @@ class _Out:
                         level_before=levels[0], level_after=levels[1], action=action)
         self.events.append(ev)
         return ev
+
+
+def bottleneck_for(n_inputs: int) -> int:
+    """The default code width: a quarter of the inputs, at least 1, always fewer than the
+    inputs (a code as wide as its input reconstructs it exactly: no signal).
+
+    >>> [bottleneck_for(n) for n in (1, 2, 9, 72)]
+    [1, 1, 2, 18]
+    """
+    return max(1, min(n_inputs // 4, n_inputs - 1))
 
 
 class Engine:
@@ -97,7 +120,7 @@ class Engine:
     Examples
     --------
     >>> import numpy as np
-    >>> from stream_ae.config import EngineConfig, learned_state_diff, TrainingConfig
+    >>> from stream_ae.config import EngineConfig, TrainingConfig
     >>> cfg = EngineConfig(training=TrainingConfig(warmup=200, window=256, batch_size=64,
     ...                                            warmup_epochs=5))
     >>> eng = Engine(cfg, ["a", "b"])
@@ -110,6 +133,8 @@ class Engine:
     >>> bool(np.array_equal(eng.step(x).scores, eng2.step(x).scores))
     True
     """
+
+    _last_event: int  # record index of the latest drift/regime event (-1: none yet)
 
     def __init__(self, config: EngineConfig, raw_feature_names: Sequence[str]) -> None:
         self.config = config
@@ -154,13 +179,32 @@ class Engine:
         for r, _ in rejected:
             out.thresholds[r] = self._thr.value
             out.versions[r] = self._model.n_steps
+        recent = self._drift_recent(out)
         self._records_seen += len(batch)
         return StepResult(
             scores=out.scores, thresholds=out.thresholds, is_anomaly=out.flags,
             warmup=out.warmup, feature_errors=out.errors, feature_names=self.feature_names,
             drift_events=tuple(out.events), rejected=rejected, model_version=self.model_version,
-            model_versions=out.versions,
+            grades=out.grades, incident=out.incident, incidents=tuple(out.incidents),
+            model_versions=out.versions, drift_recent=recent, explanations=out.explanations,
         )
+
+    def _drift_recent(self, out: _Out) -> npt.NDArray[np.bool_]:
+        """Rows within ``decision.drift_recent_records`` records after a drift/regime event
+        (a function of the record sequence alone)."""
+        n = len(out.batch)
+        idx = np.arange(out.base, out.base + n)
+        marks = np.array([self._last_event] + [e.record_index for e in out.events], np.int64)
+        marks = np.sort(marks[marks >= 0])
+        if n and len(out.events):
+            self._last_event = int(marks[-1])
+        if not marks.size:
+            return np.zeros(n, dtype=np.bool_)
+        pos = np.searchsorted(marks, idx, side="right") - 1
+        last = np.where(pos >= 0, marks[np.maximum(pos, 0)], -1)
+        recent: npt.NDArray[np.bool_] = (last >= 0) & (
+            idx - last <= self.config.decision.drift_recent_records)
+        return recent
 
     def snapshot(self) -> bytes:
         """The whole state as bytes (an immutable copy); see :mod:`stream_ae.snapshot`."""
@@ -208,7 +252,7 @@ class Engine:
         self._feat = FeatureStage(len(self.raw_feature_names), f.lags, f.diffs, f.missing,
                                   f.max_keys)
         n_in = self._feat.n_features
-        code = m.bottleneck or max(1, n_in // 4)
+        code = m.bottleneck or bottleneck_for(n_in)
         self._model = OnlineAutoencoder(n_in, m.hidden, code, m.activation, m.dropout,
                                         m.weight_decay, m.lr, m.seed)
         self._scaler = RunningScaler(n_in, tr.scaler_memory)
@@ -216,10 +260,16 @@ class Engine:
                                              t.min_count)
         self._drift = (None if c.drift.detector == "none"
                        else DriftMonitor(c.drift.detector, c.drift.delta, c.drift.history, m.seed))
+        self._dec = DecisionLayer(c.decision, c.regime, self.raw_feature_names, f.lags, f.diffs,
+                                  f.max_keys)
         self._replay = RecordWindow(tr.window)
         self._warm = RecordWindow(max(1, tr.warmup))
-        self._recent = RecordWindow(c.regime.run_length)
+        self._warm_keys: list[str] = []
+        self._quar = RecordWindow(max(tr.window, 4 * c.regime.after_records))
+        self._quar_keys: list[str] = []
         self._pend = RecordWindow(tr.stride)
+        self._pend_keys: list[str] = []
+        self._last_event = -1
         self._rng = np.random.default_rng(m.seed)
         self._records_seen = 0
         self._n_scored = 0
@@ -239,20 +289,60 @@ class Engine:
         """Score rows with the frozen state; returns how many were consumed. A drift
         detection ends the chunk: its record becomes a boundary and the rows after it
         are scored again, after the adaptation (the next loop iteration)."""
-        mse, cols = self._model.score_many(self._scaler.transform(x))
+        xs = self._scaler.transform(x)
+        mse, cols = self._model.score_many(xs)
         warm = self._n_scored < self.config.training.warmup
-        thr = self._thr.value  # changes only at boundaries: frozen in between
-        flags = (mse > thr) if not (warm or math.isnan(thr)) else np.zeros(rows.size, np.bool_)
         used = rows.size
         if not warm and self._drift is not None:
             used = self._feed_drift(mse, rows, out)
-        r = rows[:used]
-        out.scores[r], out.thresholds[r], out.flags[r] = mse[:used], thr, flags[:used]
-        out.warmup[r], out.errors[r] = warm, cols[:used]
+        r, mse, cols = rows[:used], mse[:used], cols[:used]
+        keys = [out.batch.keys[i] for i in r.tolist()]
+        if warm:
+            flags = np.zeros(used, np.bool_)
+            out.thresholds[r] = math.nan
+        else:
+            flags = self._decide(keys, mse, cols, r, out)
+            if flags.any():
+                self._explain(xs[:used], x[:used], cols, flags, r, out)
+        out.scores[r], out.flags[r] = mse, flags
+        out.warmup[r], out.errors[r] = warm, cols
         out.versions[r] = self._model.n_steps
-        self._pend.push(x=x[:used], s=mse[:used], f=flags[:used])
+        self._pend.push(x=x[:used], s=mse, f=flags)
+        self._pend_keys += keys
         self._n_scored += used
         return used
+
+    def _decide(self, keys: list[str], mse: F64, cols: F32, r: I64, out: _Out
+                ) -> npt.NDArray[np.bool_]:
+        thr = self._thr.value  # changes only at boundaries: frozen in between
+        legacy = None
+        if self.config.decision.mode != "budget":
+            legacy = (mse > thr) if not math.isnan(thr) else np.zeros(mse.size, np.bool_)
+        d = self._dec.decide(keys, mse, out.batch.timestamps[r], out.ids[r], cols, legacy)
+        out.grades[r], out.incident[r] = d.grades, d.incident
+        out.thresholds[r] = d.thresholds if legacy is None else thr
+        for u in d.updates:
+            row = int(r[u.row])
+            out.incidents.append(replace(u, row=row))
+            if u.reason == "new_normal":
+                ev = out.event("regime_change", "new_normal", row,
+                               (self._dec.typical_score(u.key), float(mse[u.row])),
+                               "relearn_key")
+                log.info("regime_change", key=u.key, record_index=ev.record_index,
+                         incident_records=u.records)
+        return d.flags
+
+    def _explain(self, xs: F32, x: F32, cols: F32, flags: npt.NDArray[np.bool_], r: I64,
+                 out: _Out) -> None:
+        """Sensor-level attribution of the flagged rows: observed and expected (the
+        reconstruction of the current readings, in the sensors' own units)."""
+        idx = np.flatnonzero(flags)
+        n_raw = len(self.raw_feature_names)
+        expected = self._scaler.inverse(self._model.reconstruct(xs[idx])[:, :n_raw],
+                                        slice(0, n_raw))
+        att = self._dec.attribution
+        for j, i in enumerate(idx.tolist()):
+            out.explanations[int(r[i])] = tuple(att.explain(cols[i], x[i, :n_raw], expected[j]))
 
     def _feed_drift(self, mse: F64, rows: I64, out: _Out) -> int:
         assert self._drift is not None
@@ -275,10 +365,12 @@ class Engine:
     # ------------------------------------------------------------------ boundaries
     def _boundary(self, out: _Out, row: int) -> None:
         x, s, f = (self._pend.column(c) for c in ("x", "s", "f"))
+        f = f.astype(np.bool_)
         tr = self.config.training
         if self._n_scored <= tr.warmup:
             self._scaler.update(x)
             self._warm.push(x=x, s=s)
+            self._warm_keys = (self._warm_keys + self._pend_keys)[-self._warm.size:]
             if self._n_scored == tr.warmup:
                 self._finish_warmup()
             else:
@@ -286,9 +378,10 @@ class Engine:
         else:
             self._absorb(x, s, f)
             self._adapt_to_drift(s)
-            extra = self._check_regime(out, row)
+            extra = self._relearn_held()
             self._learn(self._replay, tr.steps_per_stride + extra, clip=True)
         self._pend.clear()
+        self._pend_keys = []
         self._drift_at = -1
         self._next_boundary = self._schedule(self._n_scored)
 
@@ -301,10 +394,15 @@ class Engine:
         else:
             s_in = s
         self._thr.update(s_in)
-        self._recent.push(x=x, s=s, f=f)
-        keep = ~f if self.config.training.gate == "threshold" else np.ones_like(f)
+        self._dec.absorb(self._pend_keys, s, f)
+        gated = self.config.training.gate == "threshold"
+        keep = ~f if gated else np.ones_like(f)
         self._scaler.update(x[keep])
         self._replay.push(x=x[keep], s=s[keep])
+        if gated and f.any():  # flagged records wait here: a key's new normal learns them
+            self._quar.push(x=x[f], s=s[f])
+            self._quar_keys = (self._quar_keys + [k for k, fl in zip(
+                self._pend_keys, f.tolist(), strict=True) if fl])[-self._quar.size:]
 
     def _adapt_to_drift(self, s: F64) -> None:
         if self._drift_at < 0:
@@ -318,25 +416,29 @@ class Engine:
             self._thr.reset()
             self._thr.update(s[self._drift_at + 1 :])
 
-    def _check_regime(self, out: _Out, row: int) -> int:
-        """Sustained-alarm policy; returns the extra learning steps to take now."""
-        r = self.config.regime
-        if not r.enabled or len(self._recent) < r.run_length:
+    def _relearn_held(self) -> int:
+        """Keys whose incident became their new normal: their quarantined records join the
+        replay buffer and the scaler, their calibration re-bases on those scores; returns
+        the extra learning steps to take now."""
+        held = self._dec.held
+        if not held:
             return 0
-        f = self._recent.column("f").astype(np.bool_)
-        if f.mean() <= r.max_alarm_fraction:
-            return 0
-        x, s = self._recent.column("x"), self._recent.column("s")
-        before = float(np.median(self._replay.column("s"))) if len(self._replay) else math.nan
-        self._scaler.update(x[f])
-        self._replay.push(x=x[f], s=s[f])
-        self._thr.reset()
-        self._recent.clear()
+        keys = np.array(self._quar_keys, dtype=object)
+        mine = np.isin(keys, held) if keys.size else np.zeros(0, np.bool_)
+        x, s = self._quar.column("x"), self._quar.column("s")
+        for key in held:
+            k = keys == key if keys.size else np.zeros(0, np.bool_)
+            self._dec.rebase(key, s[k][-self.config.regime.after_records:])
+        if mine.any():
+            self._scaler.update(x[mine])
+            self._replay.push(x=x[mine], s=s[mine])
+            rest = ~mine
+            self._quar.clear()
+            self._quar.push(x=x[rest], s=s[rest])
+            self._quar_keys = [k for k, m in zip(self._quar_keys, mine.tolist(), strict=True)
+                               if not m]
         self._ramp_origin = self._n_scored
-        ev = out.event("regime_change", "sustained_alarm", row, (before, float(np.median(s[f]))),
-                       "relearn+rewarm_threshold")
-        log.info("regime_change", record_index=ev.record_index, alarm_fraction=float(f.mean()))
-        return r.relearn_steps
+        return self.config.regime.relearn_steps
 
     def _finish_warmup(self) -> None:
         """Fit on the warm-up records; the threshold starts from held-out scores."""
@@ -350,6 +452,8 @@ class Engine:
         if hold:
             self._fit_warmup(xs, max(1, round(tr.warmup_epochs * tr.holdout)))
         self._thr.prime(init)
+        self._dec.prime(self._warm_keys[n - hold :] if hold else self._warm_keys, init)
+        self._warm_keys = []
         self._replay.push(x=x, s=self._model.score_many(xs)[0])
         self._warm = RecordWindow(1)
 
@@ -386,8 +490,8 @@ class Engine:
     def _parts(self) -> dict[str, Any]:
         parts: dict[str, Any] = {
             "features": self._feat, "scaler": self._scaler, "threshold": self._thr,
-            "replay": self._replay, "warm": self._warm, "recent": self._recent,
-            "pending": self._pend,
+            "replay": self._replay, "warm": self._warm, "quarantine": self._quar,
+            "pending": self._pend, "decision": self._dec,
         }
         if self._drift is not None:
             parts["drift"] = self._drift
@@ -399,9 +503,13 @@ class Engine:
             "next_boundary": self._next_boundary, "boost_left": self._boost_left,
             "drift_at": self._drift_at,
             "warm_size": self._warm.size, "ramp_origin": self._ramp_origin,
+            "last_event": self._last_event,
         }
         parts = {k: v.get_state() for k, v in self._parts().items()}
-        return {"counters": counters, "rng": self._rng.bit_generator.state, "parts": parts}
+        keys = {"warm": self._warm_keys, "quarantine": self._quar_keys,
+                "pending": self._pend_keys}
+        return {"counters": counters, "rng": self._rng.bit_generator.state, "parts": parts,
+                "keys": keys}
 
     def _load_state(self, tree: dict[str, Any], blobs: dict[str, bytes]) -> None:
         try:
@@ -411,6 +519,11 @@ class Engine:
             self._drift_at = int(c["drift_at"])
             self._warm = RecordWindow(int(c["warm_size"]))
             self._ramp_origin = int(c["ramp_origin"])
+            self._last_event = int(c["last_event"])
+            keys = tree["keys"]
+            self._warm_keys = [str(k) for k in keys["warm"]]
+            self._quar_keys = [str(k) for k in keys["quarantine"]]
+            self._pend_keys = [str(k) for k in keys["pending"]]
             self._rng.bit_generator.state = tree["rng"]
             for name, part in self._parts().items():
                 part.set_state(tree["parts"][name])
@@ -423,7 +536,7 @@ class Engine:
 
     def _check_shapes(self) -> None:
         n_in = self._feat.n_features
-        for w in (self._replay, self._recent, self._pend, self._warm):
+        for w in (self._replay, self._quar, self._pend, self._warm):
             if len(w) and w.column("x").shape[1] != n_in:
                 raise SnapshotError(f"stored records have the wrong width (expected {n_in})")
         if self._scaler.get_state()["mean"].shape != (n_in,):

@@ -12,7 +12,8 @@
     ├── SourceError            the input side failed (wraps confluent_kafka / file errors)
     ├── SinkError              the output side failed (wraps confluent_kafka errors)
     │   └── FencedError        a newer instance owns our transactional id: stop at once
-    └── BrokerError            the embedded test/demo broker could not be started
+    ├── BrokerError            the embedded test/demo broker could not be started
+    └── GaveUpError            the service stopped retrying: no progress at the same offsets
 
 Adapters translate library errors at the edge with ``raise ... from exc``.
 """
@@ -82,3 +83,9 @@ class FencedError(SinkError):
 
 class BrokerError(StreamAEError):
     """The embedded Kafka-protocol broker could not be started or reached."""
+
+
+class GaveUpError(StreamAEError):
+    """The service gave up: batches kept failing at the same committed offsets after
+    ``service.max_restarts_same_offset`` in-process restarts (the process exits non-zero so
+    an orchestrator can act)."""

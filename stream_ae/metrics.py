@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -103,25 +103,58 @@ class ServiceMetrics:
 
 
 class Health:
-    """Liveness (the loop ticked recently) and readiness (partitions assigned, caught up).
+    """Liveness and readiness of the service.
 
-    >>> h = Health(stale_after=5.0, clock=lambda: 100.0)
-    >>> h.tick(); h.alive(), h.ready
+    Alive while the loop ticked within ``stale_after`` seconds and, when there is input
+    (the runner's ``tick(backlog=True)``), made progress within ``progress_timeout``
+    seconds: processed a batch that took a partition past the furthest position reported
+    so far (``progress(positions)``). A service that restarts over and over on the same
+    input (replaying what it had processed before) is not alive. Ready while partitions
+    are assigned.
+
+    Examples
+    --------
+    >>> now = [100.0]
+    >>> h = Health(stale_after=5.0, progress_timeout=30.0, clock=lambda: now[0])
+    >>> h.tick(backlog=True); h.alive(), h.ready
     (True, False)
+    >>> now[0] = 131.0; h.tick(backlog=True); h.alive()
+    False
+    >>> h.progress(); h.alive()
+    True
     """
 
-    def __init__(self, stale_after: float = 60.0, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+    def __init__(self, stale_after: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 progress_timeout: float = 300.0) -> None:
         self.stale_after = stale_after
         self.clock = clock
+        self.progress_timeout = progress_timeout
         self._last_tick = clock()
+        self._last_progress = self._last_tick
+        self._furthest: dict[tuple[str, int], int] = {}
         self.ready = False
 
-    def tick(self) -> None:
+    def tick(self, backlog: bool | None = None) -> None:
+        """The loop is running; ``backlog``: input waits (True), none does (False: the
+        progress clock restarts), unknown (None: e.g. while joining the group)."""
         self._last_tick = self.clock()
+        if backlog is False:
+            self._last_progress = self._last_tick
+
+    def progress(self, positions: Mapping[tuple[str, int], int] | None = None) -> None:
+        """A batch was processed; it is progress when a partition's next offset in
+        ``positions`` is past the furthest one reported before (None: progress anyway)."""
+        if positions is not None:
+            ahead = {tp: o for tp, o in positions.items() if o > self._furthest.get(tp, -1)}
+            if not ahead:
+                return
+            self._furthest.update(ahead)
+        self._last_progress = self.clock()
 
     def alive(self) -> bool:
-        return self.clock() - self._last_tick < self.stale_after
+        now = self.clock()
+        return (now - self._last_tick < self.stale_after
+                and now - self._last_progress < self.progress_timeout)
 
 
 def _handler(registry: CollectorRegistry, health: Health) -> type[BaseHTTPRequestHandler]:

@@ -9,12 +9,32 @@ publishing the sinks'.
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from stream_ae.decode import Decoded, dead_letter
-from stream_ae.records import Alert, DeadLetter, DriftEvent, RawBlock, SourcePosition, StepResult
+from stream_ae.records import (
+    Alert,
+    DeadLetter,
+    DriftEvent,
+    Incident,
+    RawBlock,
+    SensorContribution,
+    SourcePosition,
+    StepResult,
+)
+
+
+def incident_id(topic: str, partition: int, opened_offset: int) -> str:
+    """Deterministic id of an incident: its first flagged record's ``topic/partition/offset``
+    plus ``/incident``.
+
+    >>> incident_id("sensors", 3, 40)
+    'sensors/3/40/incident'
+    """
+    return f"{topic}/{partition}/{opened_offset}/incident"
 
 
 def message_id(pos: SourcePosition) -> str:
@@ -55,15 +75,18 @@ class Outputs:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     events: list[EventRecord] = field(default_factory=list)
     decisions: list[Decision] = field(default_factory=list)
+    incidents: list[Incident] = field(default_factory=list)
 
     def extend(self, other: Outputs) -> None:
         self.alerts += other.alerts
         self.dead_letters += other.dead_letters
         self.events += other.events
         self.decisions += other.decisions
+        self.incidents += other.incidents
 
     def empty(self) -> bool:
-        return not (self.alerts or self.dead_letters or self.events or self.decisions)
+        return not (self.alerts or self.dead_letters or self.events or self.decisions
+                    or self.incidents)
 
 
 def build_alerts(decoded: Decoded, result: StepResult, topic: str, partition: int,
@@ -71,27 +94,48 @@ def build_alerts(decoded: Decoded, result: StepResult, topic: str, partition: in
     """One alert per flagged row of a partition's step at or past ``from_offset`` (rows
     below it are catch-up replays that were published before), in row order."""
     rows = np.flatnonzero(result.is_anomaly & (decoded.offsets >= from_offset))
-    first_drift = min((e.batch_index for e in result.drift_events), default=len(result))
     raw = decoded.raw_values if decoded.raw_values is not None else decoded.batch.values
     out = []
     for r in map(int, rows):
         pos = SourcePosition(topic, partition, int(decoded.offsets[r]))
+        inc = int(result.incident[r]) if result.incident is not None else -1
         out.append(Alert(
             alert_id=message_id(pos), key=decoded.batch.keys[r],
             timestamp=float(decoded.batch.timestamps[r]),
             features=dict(zip(decoded.names, raw[r].tolist(), strict=True)),
             score=float(result.scores[r]), threshold=float(result.thresholds[r]),
-            top_features=tuple(result.top_features(r)), model_version=_version(result, r),
-            position=pos, drift_recent=r >= first_drift, detected_at=now,
+            top_features=_top(result, r), model_version=result.version(r),
+            position=pos, detected_at=now,
+            drift_recent=bool(result.drift_recent[r]) if result.drift_recent is not None
+            else False,
+            grade=float(result.grades[r]) if result.grades is not None else 0.0,
+            incident_id=incident_id(topic, partition, inc) if inc >= 0 else "",
         ))
     return out
 
 
-def _version(result: StepResult, row: int) -> int:
-    """The model version ``row`` was scored under (independent of batching: a replay after
-    a rebalance publishes identical duplicates)."""
-    versions = result.model_versions
-    return result.model_version if versions is None else int(versions[row])
+def _top(result: StepResult, r: int) -> tuple[SensorContribution, ...]:
+    """The row's sensor attribution; engines without one: the inputs with the largest error
+    (observed/expected unknown)."""
+    if r in result.explanations:
+        return result.explanations[r]
+    total = float(np.nansum(result.feature_errors[r])) or 1.0
+    return tuple(SensorContribution(n, math.nan, math.nan, "high", e / total, 0)
+                 for n, e in result.top_features(r))
+
+
+def build_incidents(decoded: Decoded, result: StepResult, topic: str, partition: int,
+                    now: float, from_offset: int = 0) -> list[Incident]:
+    """The incident lifecycle messages of a partition's step (rows at or past
+    ``from_offset``), in row order."""
+    out = []
+    for ch in result.incidents:
+        offset = int(decoded.offsets[ch.row])
+        if offset >= from_offset:
+            out.append(Incident(incident_id(topic, partition, ch.opened_offset), ch,
+                                SourcePosition(topic, partition, offset), result.version(ch.row),
+                                now))
+    return out
 
 
 def rejected_dead_letters(block: RawBlock, decoded: Decoded, result: StepResult,
@@ -114,11 +158,13 @@ def assemble(block: RawBlock, decoded: Decoded, result: StepResult | None, from_
     if result is not None:
         out.alerts = build_alerts(decoded, result, block.topic, block.partition, now,
                                   from_offset)
+        out.incidents = build_incidents(decoded, result, block.topic, block.partition, now,
+                                        from_offset)
         dead = rejected_dead_letters(block, decoded, result, from_offset) + dead
         out.events = [
             EventRecord(e, SourcePosition(block.topic, block.partition,
                                           int(decoded.offsets[e.batch_index])),
-                        _version(result, e.batch_index))
+                        result.version(e.batch_index))
             for e in result.drift_events if decoded.offsets[e.batch_index] >= from_offset]
     out.dead_letters = dead
     end = block.offsets[-1] + 1

@@ -22,9 +22,25 @@ import orjson
 from stream_ae.types import F32, F64, I64, Bool, Headers
 
 __all__ = [
-    "F32", "F64", "I64", "Alert", "Batch", "Bool", "DeadLetter", "DriftEvent", "Headers",
-    "LazyColumn", "RawBlock", "RawMessage", "RawValue", "SensorRecord", "SourcePosition",
-    "StepResult", "Unreadable",
+    "F32",
+    "F64",
+    "I64",
+    "Alert",
+    "Batch",
+    "Bool",
+    "DeadLetter",
+    "DriftEvent",
+    "Headers",
+    "IncidentChange",
+    "LazyColumn",
+    "RawBlock",
+    "RawMessage",
+    "RawValue",
+    "SensorContribution",
+    "SensorRecord",
+    "SourcePosition",
+    "StepResult",
+    "Unreadable",
 ]
 
 
@@ -209,6 +225,7 @@ class Batch:
     timestamps: F64
     values: F32
     labels: I64 | None = None
+    ids: I64 | None = None  # source offsets (incident ids); None: the engine's record index
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -268,6 +285,7 @@ class Batch:
             timestamps=self.timestamps[start:stop],
             values=self.values[start:stop],
             labels=None if self.labels is None else self.labels[start:stop],
+            ids=None if self.ids is None else self.ids[start:stop],
         )
 
 
@@ -290,6 +308,42 @@ class DriftEvent:
     action: str
 
 
+@dataclass(frozen=True, slots=True)
+class SensorContribution:
+    """One sensor's part in a flagged record: its reading, the model's expectation (both in
+    the sensor's own units), high or low, its share of the record's error, and the lag
+    (records back) of its input that carried the most error."""
+
+    name: str
+    observed: float
+    expected: float
+    direction: str  # "high" | "low"
+    share: float
+    lag: int
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentChange:
+    """A lifecycle transition of an incident, at batch row ``row`` of a step.
+
+    ``kind`` is ``opened``, ``updated`` or ``resolved``; ``opened_offset`` the source offset
+    (record id) of its first flagged record; ``reason`` (resolved) ``quiet``,
+    ``new_normal`` or ``evicted``.
+    """
+
+    kind: str
+    key: str
+    opened_offset: int
+    row: int
+    start_time: float
+    end_time: float
+    peak_grade: float
+    records: int
+    flagged: int
+    top_sensors: tuple[tuple[str, float], ...]
+    reason: str = ""
+
+
 @dataclass(frozen=True)
 class StepResult:
     """What ``Engine.step`` decided for each row of the batch, in batch order.
@@ -308,13 +362,20 @@ class StepResult:
     drift_events: tuple[DriftEvent, ...] = ()
     rejected: tuple[tuple[int, str], ...] = ()
     model_version: int = 0
-    # per row: learning steps taken when the row was scored (the model is frozen between
-    # boundaries), independent of how records are batched, unlike ``model_version`` (after
-    # the whole step); None: every row has ``model_version``
-    model_versions: npt.NDArray[np.int64] | None = None
+    grades: F64 | None = None  # calibrated surprise in [0, 1] (None: the engine has none)
+    incident: I64 | None = None  # opened_offset of each row's incident, -1 for none
+    incidents: tuple[IncidentChange, ...] = ()
+    model_versions: I64 | None = None  # learning steps taken when each row was scored
+    drift_recent: Bool | None = None  # a drift/regime event shortly before the row
+    explanations: Mapping[int, tuple[SensorContribution, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def version(self, row: int) -> int:
+        """The model version that scored ``row``."""
+        return int(self.model_versions[row]) if self.model_versions is not None else \
+            self.model_version
 
     def top_features(self, row: int, k: int = 3) -> list[tuple[str, float]]:
         """The ``k`` model inputs with the largest reconstruction error for ``row``."""
@@ -333,10 +394,23 @@ class Alert:
     features: Mapping[str, float]
     score: float
     threshold: float
-    top_features: tuple[tuple[str, float], ...]
+    top_features: tuple[SensorContribution, ...]
     model_version: int
     position: SourcePosition | None = None
     drift_recent: bool = False
+    detected_at: float = 0.0
+    grade: float = 0.0
+    incident_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """An incident lifecycle message, ready for the incidents sink (``schema.IncidentMessage``)."""
+
+    incident_id: str
+    change: IncidentChange
+    position: SourcePosition  # the record that caused this message
+    model_version: int
     detected_at: float = 0.0
 
 

@@ -13,6 +13,7 @@ of recent normal records the model trains on, and the regime-policy window).
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,9 +114,37 @@ class FeatureStage:
             return np.ascontiguousarray(v[rows]), rows.astype(np.int64), rejected
         if len(self._hist) + len(set(keys)) > self.max_keys and any(
             k not in self._hist for k in keys
-        ):  # an eviction may happen inside this batch: follow it record by record
-            return self._transform_sequential(keys, v)
+        ):  # an eviction may happen inside this batch
+            return self._transform_evicting(keys, v)
         return self._transform_grouped(keys, v)
+
+    def _transform_evicting(
+        self, keys: Sequence[str], v: F32
+    ) -> tuple[F32, I64, tuple[tuple[int, str], ...]]:
+        """Exactly as record by record (an LRU evicting after each accepted row), in chunks
+        of at most ``max_keys`` rows: a chunk whose keys are none of the entries it may evict
+        (the oldest, one per new key) is done at once and its evictions applied after it;
+        any other chunk record by record. Hostile input (a new key per record) takes the
+        fast path."""
+        feats, rows, rejected = [], [], []
+        for s in range(0, len(keys), self.max_keys):
+            ck, cv = keys[s : s + self.max_keys], v[s : s + self.max_keys]
+            if self._can_group(ck):
+                f, r, rej = self._transform_grouped(ck, cv)
+                while len(self._hist) > self.max_keys:
+                    self._hist.popitem(last=False)
+            else:
+                f, r, rej = self._transform_sequential(ck, cv)
+            feats.append(f)
+            rows.append(r + s)
+            rejected += [(i + s, why) for i, why in rej]
+        return np.concatenate(feats), np.concatenate(rows), tuple(rejected)
+
+    def _can_group(self, keys: Sequence[str]) -> bool:
+        uniq = set(keys)
+        new = sum(k not in self._hist for k in uniq)
+        evictable = itertools.islice(self._hist, max(0, len(self._hist) + new - self.max_keys))
+        return not any(k in uniq for k in evictable)
 
     def _transform_grouped(
         self, keys: Sequence[str], v: F32
@@ -126,15 +155,18 @@ class FeatureStage:
         uniq = list(index)
         hist = np.zeros((len(uniq), max(1, self.lags), self.n_raw), np.float32)
         known = np.zeros(len(uniq), np.bool_)
-        for i, k in enumerate(uniq):
-            cur = self._hist.get(k)
+        lru = self._hist
+        for i, cur in enumerate(map(lru.get, uniq)):
             if cur is not None:
                 hist[i], known[i] = cur, True
         out = _features(ids, v, hist, known, self.lags, self.diffs, self.missing)
-        for i in np.argsort(out.last_row, kind="stable"):  # LRU order: by last accepted row
-            if out.last_row[i] >= 0:
-                self._hist[uniq[i]] = out.hist[i]
-                self._hist.move_to_end(uniq[i])
+        order = np.argsort(out.last_row, kind="stable")  # LRU order: by last accepted row
+        order = order[out.last_row[order] >= 0]
+        # one copy per key: a view would keep the whole batch's array alive while the key is
+        for i, row in zip(order.tolist(), out.hist[order], strict=True):
+            k = uniq[i]
+            lru[k] = row.copy()
+            lru.move_to_end(k)
         return out.features, out.rows, out.rejected
 
     def _transform_sequential(

@@ -195,12 +195,14 @@ def render(state: DemoState, now: float, sim: SimulationConfig) -> Group:
     ):
         stats.add_row(name, value)
     alerts = Table(title="latest alerts")
-    for col in ("event time", "key", "score", "threshold", "top features"):
+    for col in ("event time", "key", "grade", "incident", "sensors (observed vs expected)"):
         alerts.add_column(col)
     for a in state.recent:
         when = time.strftime("%H:%M:%S", time.gmtime(a.event_time or 0))
-        top = ", ".join(f"{f.name} {f.error:.3g}" for f in a.top_features[:3])
-        alerts.add_row(when, a.key, f"{a.score:.3g}", f"{a.threshold:.3g}", top)
+        top = ", ".join(f"{f.name} {f.direction} {f.observed:.3g} vs {f.expected:.3g} "
+                        f"({f.share:.0%})" for f in a.top_features[:2]
+                        if f.observed is not None and f.expected is not None)
+        alerts.add_row(when, a.key, f"{a.grade:.2f}", a.incident_id.rsplit("/", 2)[-2], top)
     return Group(stats, alerts)
 
 

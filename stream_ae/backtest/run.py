@@ -95,8 +95,9 @@ def run_file_backtest(settings: Settings, source: FileInput, output: pathlib.Pat
     if not columns.features and settings.engine.features.names:
         columns = Columns(columns.timestamp, columns.label, columns.key,
                           settings.engine.features.names)
+    r = settings.record
     src = FileSource(source.path, columns, source.fmt, source.sep, source.chunk_rows,
-                     settings.record.max_message_bytes)
+                     r.max_message_bytes, r.max_key_length, r.max_fields)
     proc: PartitionProcessor | None = None
     replay: Replay | None = None
     alerts = AlertFile(output.with_suffix(".alerts.jsonl"))

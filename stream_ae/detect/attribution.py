@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
+from stream_ae.records import SensorContribution
 from stream_ae.windowing import feature_names
 
 F32 = npt.NDArray[np.float32]
@@ -32,18 +33,6 @@ class InputColumn:
     sensor: int
     lag: int
     kind: Literal["reading", "diff"]
-
-
-@dataclass(frozen=True, slots=True)
-class SensorContribution:
-    """One sensor's part in a row's error; ``observed`` and ``expected`` in its own units."""
-
-    name: str
-    observed: float
-    expected: float
-    direction: Literal["high", "low"]
-    share: float
-    lag: int
 
 
 def input_columns(sensor_names: Sequence[str], lags: int, diffs: bool) -> tuple[InputColumn, ...]:

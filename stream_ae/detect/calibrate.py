@@ -141,6 +141,7 @@ class TailCalibrator:
         self._since_fit = 0
         self._fit = _Tail(_NO_TAIL, math.nan, math.nan, math.nan, math.nan)
         self._fitted = False
+        self._fit_count = 0  # window size at the last fit
         self._pool = (0.0, 0.0)  # exponentially weighted sum of z and of weights
         self._keys = KeyColumns(3, max_keys)  # per key: weighted sums of z and weights, count
 
@@ -253,7 +254,8 @@ class TailCalibrator:
         lev = np.where(own_b, lev_b, np.where(own_a | fresh, self._level_of(after), lev_b))
         self._push(z - lev[ids])
         self._since_fit += z.size
-        if self.is_warm and (not self._fitted or self._since_fit >= self.refit_every):
+        if self.is_warm and (not self._fitted or self._since_fit >= self.refit_every
+                             or self._count >= 2 * self._fit_count):
             self._refit()
 
     def reset_key(self, key: str, scores: npt.ArrayLike) -> None:
@@ -294,9 +296,14 @@ class TailCalibrator:
         return rows
 
     def _refit(self) -> None:
-        self._since_fit, self._fitted = 0, True
+        """Refit: every ``refit_every`` values, and whenever the window doubled since the last
+        fit (a short stream's first fits use few values). A window too small for
+        ``tail_fraction`` to leave ``min_excesses`` excesses uses a larger fraction (at most
+        0.3), so a short stream still gets a parametric tail."""
+        self._since_fit, self._fitted, self._fit_count = 0, True, self._count
         live = self._sorted
-        t = float(np.quantile(live, 1.0 - self.tail_fraction))
+        frac = min(0.3, max(self.tail_fraction, self.min_excesses / max(live.size, 1)))
+        t = float(np.quantile(live, 1.0 - frac))
         exc = live[live > t] - t
         if exc.size < self.min_excesses:
             self._fit = _Tail(_NO_TAIL, t, math.nan, math.nan, math.nan)
@@ -312,6 +319,7 @@ class TailCalibrator:
         keys = self._keys.get_state()
         return {"window": window, "since_fit": self._since_fit, "fitted": self._fitted,
                 "fit_kind": self._fit.kind, "pool": list(self._pool),
+                "fit_count": self._fit_count,
                 "fit": [self._fit.t, self._fit.xi, self._fit.sigma, self._fit.ymax],
                 "keys": keys["keys"], "key_sums": keys["rows"]}
 
@@ -323,6 +331,7 @@ class TailCalibrator:
         if window.size:
             self._push(window)
         self._since_fit, self._fitted = int(state["since_fit"]), bool(state["fitted"])
+        self._fit_count = int(state.get("fit_count", 0))
         t, xi, sigma, ymax = (float(v) for v in state["fit"])
         self._fit = _Tail(str(state["fit_kind"]), t, xi, sigma, ymax)
         self._pool = (float(state["pool"][0]), float(state["pool"][1]))
@@ -373,7 +382,7 @@ class _Tail:
         if not (self.xi < 0 and math.isfinite(self.ymax)):
             return None
         return (float(self._gpd_sf(np.array([self.ymax]))[0]),
-                1.0 / (self.sigma + self.xi * self.ymax))
+                1.0 / max(self.sigma + self.xi * self.ymax, 0.1 * self.sigma))
 
     def _gpd_sf(self, y: F64) -> F64:
         """``scipy.stats.genpareto.sf(y, xi, 0, sigma)`` in closed form (scipy's generic

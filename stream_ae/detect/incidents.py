@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream_ae.detect._keys import encode, last_rows, segments
+from stream_ae.records import IncidentChange
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -35,30 +36,8 @@ Bools = npt.NDArray[np.bool_]
 TOP_SENSORS = 5
 
 
-@dataclass(frozen=True, slots=True)
-class IncidentUpdate:
-    """A lifecycle transition of an incident.
-
-    ``opened_offset`` is the offset of the row that opened it (the id seed); ``row`` the
-    batch row that caused this transition; ``end_time`` the time of its last flagged row;
-    ``records`` the key's rows since it opened (the opening row included), ``flagged``
-    the flagged ones; ``top_sensors`` ``(name, share)`` by share of the accumulated
-    contributions of the flagged rows (top 5, shares of the total); ``reason`` is
-    ``"quiet"``, ``"evicted"`` or the caller's (``"new_normal"``) for ``"resolved"``, else
-    ``""``.
-    """
-
-    kind: Literal["opened", "updated", "resolved"]
-    key: str
-    opened_offset: int
-    row: int
-    start_time: float
-    end_time: float
-    peak_grade: float
-    records: int
-    flagged: int
-    top_sensors: tuple[tuple[str, float], ...]
-    reason: str = ""
+#: a lifecycle transition (the record type of :mod:`stream_ae.records`)
+IncidentUpdate = IncidentChange
 
 
 @dataclass(slots=True)
@@ -100,6 +79,12 @@ class IncidentTracker:
         Flagged rows of an incident between two ``"updated"`` messages (>= 1).
     max_keys
         Open incidents kept, >= 1 (the least recently seen one is resolved to make room).
+    max_records, max_seconds
+        An incident whose key has had this many rows since it opened, or whose flagged rows
+        span this much event time, is resolved as the key's ``"new_normal"`` at the flagged
+        row that reaches the limit; the key is then *held*: its flags are ignored (rows
+        belong to no incident, so the engine drops those flags) until :meth:`release`.
+        None: no limit.
 
     Examples
     --------
@@ -115,12 +100,16 @@ class IncidentTracker:
     """
 
     def __init__(self, quiet_records: int = 60, update_every: int = 60,
-                 max_keys: int = 10_000) -> None:
+                 max_keys: int = 10_000, max_records: int | None = None,
+                 max_seconds: float | None = None) -> None:
         self.quiet_records = quiet_records
         self.update_every = update_every
         self.max_keys = max_keys
+        self.max_records = max_records
+        self.max_seconds = max_seconds
         self._open: OrderedDict[str, _Open] = OrderedDict()
         self._names: tuple[str, ...] = ()
+        self._held: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._open)
@@ -128,6 +117,15 @@ class IncidentTracker:
     def open_keys(self) -> list[str]:
         """Keys with an open incident, least recently seen first."""
         return list(self._open)
+
+    @property
+    def held(self) -> list[str]:
+        """Keys whose last incident became their new normal, until released (sorted)."""
+        return sorted(self._held)
+
+    def release(self, key: str) -> None:
+        """Let the key's flags open incidents again (its new normal has been learned)."""
+        self._held.discard(key)
 
     def update(
         self, keys: Sequence[str], flags: npt.ArrayLike, grades: npt.ArrayLike,
@@ -211,6 +209,8 @@ class IncidentTracker:
     def _walk(self, key: str, own: I64, rows: _Rows, belong: I64,
               events: list[IncidentUpdate]) -> None:
         """One key's rows (batch indices, ascending): gaps as slices, flagged rows one by one."""
+        if key in self._held:
+            return
         inc = self._open.get(key)
         pos = 0
         for r in np.flatnonzero(rows.flags[own]).tolist():
@@ -223,6 +223,11 @@ class IncidentTracker:
                 events.append(self._message("opened", key, inc, row))
             else:
                 self._extend(inc, rows, row)
+                if self._lasting(inc):
+                    belong[row] = inc.offset
+                    events.append(self._finish(key, "new_normal", row))
+                    self._held.add(key)
+                    return
                 if inc.flagged % self.update_every == 0:
                     events.append(self._message("updated", key, inc, row))
             belong[row] = inc.offset
@@ -243,6 +248,10 @@ class IncidentTracker:
         inc.records += need
         events.append(self._finish(key, "quiet", int(gap[need - 1])))
         return None
+
+    def _lasting(self, inc: _Open) -> bool:
+        return ((self.max_records is not None and inc.records >= self.max_records)
+                or (self.max_seconds is not None and inc.end - inc.start >= self.max_seconds))
 
     def _new(self, rows: _Rows, row: int) -> _Open:
         acc = (np.zeros(len(self._names)) if rows.contrib is None
@@ -295,12 +304,13 @@ class IncidentTracker:
             "peak": np.array([i.peak for i in inc], dtype=np.float64),
             "counts": np.array([[i.records, i.flagged, i.quiet] for i in inc],
                                dtype=np.int64).reshape(-1, 3),
-            "acc": acc,
+            "acc": acc, "held": sorted(self._held),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`get_state` returned."""
         self._names = tuple(str(n) for n in state["sensor_names"])
+        self._held = {str(k) for k in state.get("held", [])}
         off, tm = np.asarray(state["offset"], np.int64), np.asarray(state["time"], np.float64)
         peak, cnt = np.asarray(state["peak"], np.float64), np.asarray(state["counts"], np.int64)
         acc = np.asarray(state["acc"], np.float64).reshape(off.size, len(self._names))

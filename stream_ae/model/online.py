@@ -133,6 +133,18 @@ class OnlineAutoencoder:
                 cols[start : start + xt.shape[1]] = sq.T
         return mse, cols
 
+    def reconstruct(self, x: F32) -> F32:
+        """The model's reconstruction of (scaled) rows ``x``, with the scoring weights."""
+        if not self._built:
+            self._build()
+        out = np.empty_like(x, dtype=np.float32)
+        plan = self._score_plan()
+        with torch.inference_mode():
+            for start in range(0, x.shape[0], SCORE_BLOCK):
+                xt = np.ascontiguousarray(x[start : start + SCORE_BLOCK].T)
+                out[start : start + xt.shape[1]] = _forward(plan, xt).T
+        return out
+
     def _score_plan(self) -> list[_Layer]:
         """The eval-mode network as numpy weights (``exact_linear``) and torch activations;
         cached until the weights change."""
@@ -346,6 +358,10 @@ class RunningScaler:
     def transform(self, x: F32) -> F32:
         """Standardise rows with the frozen statistics."""
         return ((x - self._mu32) * self._inv32).astype(np.float32, copy=False)
+
+    def inverse(self, z: F32, columns: slice = slice(None)) -> F32:
+        """Scaled values of ``columns`` back in the inputs' own units."""
+        return (z / self._inv32[columns] + self._mu32[columns]).astype(np.float32)
 
     def get_state(self) -> dict[str, Any]:
         return {"count": self._count, "mean": self._mean.copy(), "m2": self._m2.copy()}

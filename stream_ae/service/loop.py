@@ -78,6 +78,9 @@ class ServiceLoop:
         self.health = health
         self.wall = wall
         self._parts: dict[TP, LivePartition] = {}
+        self._committed: dict[TP, int] = {}
+        #: committed offsets when a batch failed (None: none failed); see ``run_restarting``
+        self.failed_at: dict[TP, int] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def run(self, stop: threading.Event) -> None:
@@ -146,8 +149,20 @@ class ServiceLoop:
             self.flush()
         self.checkpoint_all(force=False)
         if self.health is not None:
-            self.health.tick()
+            self.health.tick(self._backlog())
         return n
+
+    def _backlog(self) -> bool | None:
+        """Whether there is input to process: True (pending records or lag > 0), False (all
+        owned partitions caught up), None (unknown: nothing owned, or a lag unknown)."""
+        if self.batcher.pending:
+            return True
+        if not self._parts:
+            return None
+        lags = [self.source.lag(tp, part.position) for tp, part in self._parts.items()]
+        if any(lag for lag in lags if lag is not None):
+            return True
+        return None if None in lags else False
 
     def flush(self) -> None:
         """Process the pending batch now."""
@@ -158,6 +173,7 @@ class ServiceLoop:
             except BaseException:
                 # engines may have advanced past what is committed: never checkpoint them
                 # now; the restart recovers from the last checkpoint and the committed offsets
+                self.failed_at = dict(self._committed)
                 self.restorer.frozen = True
                 self._parts.clear()
                 raise
@@ -184,12 +200,15 @@ class ServiceLoop:
             self.sink.begin()
             self.sink.write(out)
             self.sink.commit(offsets)
+            self._committed.update(offsets)
             if self.metrics is not None:
                 self.metrics.count_outputs(out)
         for part in stepped:
             if self.restorer.due(part):
                 self.restorer.save(part)
         self._update_ready()
+        if self.health is not None:  # a replay of what was processed before is not progress
+            self.health.progress(self.positions())
         if self.metrics is not None:
             self.metrics.batch_latency.observe(time.monotonic() - t0)
             self.metrics.batch_records.observe(sum(len(blk) for blk in blocks))
@@ -223,6 +242,7 @@ class ServiceLoop:
             if isinstance(change, Assigned):
                 for part in self.restorer.take(change.partitions):
                     self._parts[part.tp] = part
+                    self._committed[part.tp] = part.publish_from
             elif isinstance(change, Revoked | Lost):
                 self._drop(change.partitions, checkpoint=isinstance(change, Revoked))
             self._update_ready()

@@ -16,9 +16,9 @@ from types import FrameType
 import structlog
 
 from stream_ae.checkpoint.base import build_store
-from stream_ae.config import Settings
+from stream_ae.config import Settings, producer_max_bytes
 from stream_ae.decode import FeatureSchema
-from stream_ae.errors import FencedError, SinkError, SourceError, StoreError
+from stream_ae.errors import FencedError, GaveUpError, SinkError, SourceError, StoreError
 from stream_ae.metrics import Health, ServiceMetrics
 from stream_ae.processor import Detector, MakeEngine
 from stream_ae.records import Batch
@@ -92,8 +92,10 @@ def kafka_loop(settings: Settings, metrics: ServiceMetrics | None, health: Healt
     from stream_ae.sinks.kafka import KafkaSink
     from stream_ae.sources.kafka import KafkaGroupSource
 
-    return build_loop(settings, lambda starts: KafkaGroupSource(settings.kafka, starts),
-                      lambda committer: KafkaSink(settings.kafka, committer, decisions_topic),
+    limit = producer_max_bytes(settings)
+    return build_loop(settings, lambda starts: KafkaGroupSource(settings.kafka, starts, limit),
+                      lambda committer: KafkaSink(settings.kafka, committer, decisions_topic,
+                                                  limit),
                       engines, metrics, health)
 
 
@@ -136,7 +138,7 @@ def run_service(settings: Settings, stop: threading.Event | None = None,
     if threading.current_thread() is threading.main_thread():
         install_signal_handlers(stop)
     registry = CollectorRegistry()
-    health = Health()
+    health = Health(progress_timeout=settings.service.progress_timeout_s)
     server = None
     if settings.metrics.enabled:
         server = MetricsServer(registry, health, settings.metrics.host, settings.metrics.port)
@@ -147,17 +149,23 @@ def run_service(settings: Settings, stop: threading.Event | None = None,
     factories = engines(settings)  # before the GC freeze: torch's import state is frozen
     tune_gc()
     try:
-        run_restarting(lambda: build(settings, metrics, health, factories), stop)
+        run_restarting(lambda: build(settings, metrics, health, factories), stop,
+                       settings.service.restart_backoff_s,
+                       settings.service.max_restarts_same_offset)
     finally:
         if server is not None:
             server.stop()
 
 
 def run_restarting(make_loop: Callable[[], ServiceLoop], stop: threading.Event,
-                   backoff_s: float = 2.0) -> None:
+                   backoff_s: float = 2.0, max_same_offset: int = 5) -> None:
     """Run; after a Kafka failure (e.g. a transaction lost in a broker outage) start over
     with a fresh loop: engines are restored from their checkpoints and replay up to the
-    committed offsets, exactly as after a process restart. A fenced instance stops."""
+    committed offsets, exactly as after a process restart. A fenced instance stops; so does
+    one whose batches failed ``max_same_offset`` times in a row at the same committed
+    offsets (``GaveUpError``: exit non-zero, let the orchestrator act). Failures outside a
+    batch (e.g. connecting during a broker outage) do not count."""
+    same, last = 0, None
     while not stop.is_set():
         loop = make_loop()
         try:
@@ -166,5 +174,13 @@ def run_restarting(make_loop: Callable[[], ServiceLoop], stop: threading.Event,
         except FencedError:
             raise
         except (SinkError, SourceError, StoreError) as exc:
-            log.error("service_restarting", error=str(exc), backoff_s=backoff_s)
+            if loop.failed_at is not None:
+                same, last = (same + 1 if loop.failed_at == last else 1), loop.failed_at
+            if same >= max_same_offset:
+                log.error("service_gave_up", error=str(exc), failures=same,
+                          committed={f"{t}/{p}": o for (t, p), o in (last or {}).items()})
+                raise GaveUpError(f"a batch failed {same} times at the same committed offsets "
+                                  f"{last}; last error: {exc}") from exc
+            log.error("service_restarting", error=str(exc), backoff_s=backoff_s,
+                      failures_same_offset=same)
             stop.wait(backoff_s)

@@ -24,6 +24,7 @@ from stream_ae.config import KafkaConfig
 from stream_ae.errors import FencedError, SinkError
 from stream_ae.kafka_conf import ErrorLog, client_config
 from stream_ae.outputs import Outputs
+from stream_ae.records import DeadLetter
 from stream_ae.sources.base import OffsetCommitter
 from stream_ae.types import TopicPartition as TP
 
@@ -43,11 +44,28 @@ def transactional_id(kafka: KafkaConfig) -> str:
     return kafka.transactional_id or f"{kafka.group_id}-{socket.gethostname()}"
 
 
-def producer_config(kafka: KafkaConfig) -> dict[str, Any]:
-    """Producer settings for the configured guarantee."""
+def output_limit(kafka: KafkaConfig, derived: int | None = None) -> int:
+    """The producer's ``message.max.bytes``: ``message.max.bytes`` in ``kafka.extra``, else
+    ``kafka.max_message_bytes``, else ``derived`` (``config.producer_max_bytes`` of the
+    settings), else the default.
+
+    >>> output_limit(KafkaConfig()), output_limit(KafkaConfig(max_message_bytes=50_000), 9)
+    (1032768, 50000)
+    >>> output_limit(KafkaConfig(extra={"message.max.bytes": "2000000"}), 9)
+    2000000
+    """
+    extra = kafka.extra.get("message.max.bytes")
+    return int(extra) if extra else (kafka.max_message_bytes or derived
+                                     or encode.DEFAULT_OUTPUT_BYTES)
+
+
+def producer_config(kafka: KafkaConfig, max_message_bytes: int | None = None) -> dict[str, Any]:
+    """Producer settings for the configured guarantee; every message is at most
+    ``output_limit(kafka, max_message_bytes)`` bytes (``message.max.bytes``)."""
     conf: dict[str, Any] = {
         "acks": "all", "enable.idempotence": True, "linger.ms": 5,
         "compression.type": "lz4", "message.timeout.ms": 300_000,
+        "message.max.bytes": output_limit(kafka, max_message_bytes),
     }
     if kafka.guarantee == "exactly_once":
         conf["transactional.id"] = transactional_id(kafka)
@@ -69,6 +87,9 @@ class KafkaSink:
         None: a sink that publishes without input offsets (a replay's alerts topic).
     decisions_topic
         Optional topic for per-batch decision records (None: not published).
+    max_message_bytes
+        Producer ``message.max.bytes`` when ``kafka.max_message_bytes`` is not set (the
+        service derives it from ``record.max_message_bytes``); dead letters are cut to fit.
 
     Examples
     --------
@@ -78,10 +99,12 @@ class KafkaSink:
     """
 
     def __init__(self, kafka: KafkaConfig, committer: OffsetCommitter | None = None,
-                 decisions_topic: str | None = None) -> None:
+                 decisions_topic: str | None = None, max_message_bytes: int | None = None
+                 ) -> None:
         self.kafka = kafka
         self.committer = committer
         self.decisions_topic = decisions_topic
+        self.max_message_bytes = max_message_bytes
         self._producer: Producer | None = None
         self._failed: list[str] = []
         self._in_txn = False
@@ -93,7 +116,8 @@ class KafkaSink:
     def open(self, timeout: float = 60.0) -> None:
         """Create the producer; in exactly-once mode fence older instances (init_transactions)."""
         try:
-            self._producer = Producer({**producer_config(self.kafka), "error_cb": ErrorLog()})
+            self._producer = Producer({**producer_config(self.kafka, self.max_message_bytes),
+                                       "error_cb": ErrorLog()})
             if self.transactional:
                 self._producer.init_transactions(timeout)
         except KafkaException as exc:
@@ -128,6 +152,21 @@ class KafkaSink:
             except KafkaException as exc:
                 raise _translate(exc, f"produce to {topic} failed") from exc
 
+    def _produce_dead_letter(self, d: DeadLetter, now: float) -> None:
+        limit = output_limit(self.kafka, self.max_message_bytes)
+        msg = encode.dead_letter_message(d, now, limit)
+        try:
+            self._produce(self.kafka.dead_letter_topic, msg.value, msg.key, msg.headers)
+        except SinkError as exc:
+            # the size estimate is an upper bound, so this is not expected; a dead letter
+            # must never block its partition: publish a smaller prefix instead
+            if not _too_large(exc.__cause__):
+                raise
+            log.warning("dead_letter_too_large", size=msg.size, limit=limit,
+                        offset=d.original.position.offset)
+            msg = encode.dead_letter_message(d, now, max(limit // 4, 16_384))
+            self._produce(self.kafka.dead_letter_topic, msg.value, msg.key, msg.headers)
+
     def _on_dr(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self._failed.append(f"{msg.topic()}: {err.str()}")
@@ -140,8 +179,11 @@ class KafkaSink:
             self._produce(self.kafka.alerts_topic, encode.encode_alert(a), a.key.encode(), hdrs)
         now = time.time()
         for d in out.dead_letters:
-            self._produce(self.kafka.dead_letter_topic, d.original.value or b"", d.original.key,
-                          encode.dead_letter_headers(d, now))
+            self._produce_dead_letter(d, now)
+        if self.kafka.incidents_topic:
+            for inc in out.incidents:
+                self._produce(self.kafka.incidents_topic, encode.encode_incident(inc),
+                              inc.change.key.encode(), hdrs)
         if self.kafka.events_topic:
             for e in out.events:
                 self._produce(self.kafka.events_topic, encode.encode_event(e, now),
@@ -221,6 +263,11 @@ class KafkaSink:
         self._producer.flush(10)
         self._producer = None
         log.info("producer_closed")
+
+
+def _too_large(exc: BaseException | None) -> bool:
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return isinstance(err, KafkaError) and err.code() == KafkaError.MSG_SIZE_TOO_LARGE
 
 
 def _translate(exc: KafkaException, what: str) -> SinkError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from stream_ae.outputs import Decision, EventRecord, Outputs
-from stream_ae.records import Alert, DeadLetter
+from stream_ae.records import Alert, DeadLetter, Incident
 from stream_ae.sources.base import OffsetCommitter
 from stream_ae.types import TopicPartition as TP
 
@@ -31,6 +31,7 @@ class MemorySink:
         self.dead_letters: list[DeadLetter] = []
         self.events: list[EventRecord] = []
         self.decisions: list[Decision] = []
+        self.incidents: list[Incident] = []
         self.offsets: dict[TP, int] = {}
         self.commits = 0
         self._pending = Outputs()
@@ -51,6 +52,7 @@ class MemorySink:
         self.dead_letters += p.dead_letters
         self.events += p.events
         self.decisions += p.decisions
+        self.incidents += p.incidents
         self.offsets.update(offsets)
         self.commits += 1
         if self.committer is not None and offsets:

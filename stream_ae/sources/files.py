@@ -126,6 +126,10 @@ class FileSource:
         Rows per block.
     max_message_bytes
         Record size limit (from ``record.max_message_bytes``), for :meth:`record_format`.
+    max_key_length, max_fields
+        Key and field-count limits (``record.max_key_length``, ``record.max_fields``), for
+        :meth:`record_format`; JSON Lines objects with more fields are also left out of the
+        sample the column roles are guessed from.
 
     Examples
     --------
@@ -140,13 +144,16 @@ class FileSource:
 
     def __init__(self, path: str | pathlib.Path, columns: Columns = ALL_COLUMNS,
                  fmt: Format | None = None, sep: str | None = None, chunk_rows: int = 65_536,
-                 max_message_bytes: int = 1_000_000) -> None:
+                 max_message_bytes: int = 1_000_000, max_key_length: int = 256,
+                 max_fields: int = 1000) -> None:
         self.path = pathlib.Path(path)
         self.columns = columns
         self.fmt = fmt
         self.sep = sep
         self.chunk_rows = chunk_rows
         self.max_message_bytes = max_message_bytes
+        self.max_key_length = max_key_length
+        self.max_fields = max_fields
         self._roles: Columns | None = None
         self._blocks: Iterator[FileBlock] | None = None
         self._done = False
@@ -171,7 +178,8 @@ class FileSource:
         """Where the decoder finds key, timestamp and label in this file's rows."""
         r = self.roles
         return RecordFormat(key_field=r.key or _ABSENT, timestamp_field=r.timestamp or _ABSENT,
-                            label_field=r.label, max_message_bytes=self.max_message_bytes)
+                            label_field=r.label, max_message_bytes=self.max_message_bytes,
+                            max_key_length=self.max_key_length, max_fields=self.max_fields)
 
     def size_bytes(self) -> int:
         """Size of the input file, for progress bars."""
@@ -227,7 +235,8 @@ class FileSource:
         with self.path.open("rb") as fh:
             for lines, values in _jsonl_rows(fh, self.chunk_rows):
                 if self._roles is None:
-                    self._roles = resolve_columns(_sample_frame(values), self.columns)
+                    self._roles = resolve_columns(_sample_frame(values, self.max_fields),
+                                                  self.columns)
                 n = len(lines)
                 ts_text = None
                 if self._roles.timestamp is not None:
@@ -309,14 +318,16 @@ def _jsonl_rows(fh: io.BufferedIOBase, chunk_rows: int) -> Iterator[tuple[list[i
         yield lines, values
 
 
-def _sample_frame(values: Sequence[bytes]) -> pd.DataFrame:
-    objs = []
+def _sample_frame(values: Sequence[bytes], max_fields: int = 1000) -> pd.DataFrame:
+    objs: list[dict[str, Any]] = []
+    names: set[str] = set()  # the frame's columns: bounded, or hostile rows could explode it
     for v in values[:_ROLE_SAMPLE]:
         try:
             obj = orjson.loads(v)
         except orjson.JSONDecodeError:
             continue
-        if isinstance(obj, dict):
+        if isinstance(obj, dict) and len(names.union(obj)) <= max_fields:
+            names.update(obj)
             objs.append(obj)
     return pd.DataFrame.from_records(objs)
 

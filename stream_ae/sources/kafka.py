@@ -46,9 +46,23 @@ from stream_ae.types import TopicPartition as TP
 log = structlog.get_logger()
 
 
-def consumer_config(kafka: KafkaConfig) -> dict[str, Any]:
-    """Consumer settings: group, auto-commit off, read_committed, fast prefetch refill."""
+def consumer_config(kafka: KafkaConfig, max_message_bytes: int | None = None
+                    ) -> dict[str, Any]:
+    """Consumer settings: group, auto-commit off, read_committed, fast prefetch refill, and
+    fetch sizes that take a message of the producer limit (``kafka.max_message_bytes``, else
+    ``max_message_bytes``) in one fetch (brokers return a larger one alone, so any size is
+    consumed; only the memory one fetch takes is bounded).
+
+    >>> c = consumer_config(KafkaConfig(max_message_bytes=5_000_000))
+    >>> c["max.partition.fetch.bytes"], c["fetch.max.bytes"], c["receive.message.max.bytes"]
+    (5000000, 52428800, 100000000)
+    """
+    limit = kafka.max_message_bytes or max_message_bytes or 0
     return {
+        "max.partition.fetch.bytes": max(1_048_576, limit),
+        "fetch.max.bytes": kafka.fetch_max_bytes,
+        # librdkafka requires receive.message.max.bytes >= fetch.max.bytes + 512
+        "receive.message.max.bytes": max(100_000_000, kafka.fetch_max_bytes + 65_536),
         "group.id": kafka.group_id, "enable.auto.commit": False,
         "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
         "isolation.level": "read_committed", "session.timeout.ms": kafka.session_timeout_ms,
@@ -153,6 +167,9 @@ class KafkaGroupSource:
     start_positions
         Asked, on each assignment, where to start reading the new partitions (None: at
         their committed offsets, else the beginning).
+    max_message_bytes
+        The producer-side message limit the fetch sizes are set for (see
+        :func:`consumer_config`).
 
     Examples
     --------
@@ -161,10 +178,11 @@ class KafkaGroupSource:
     (set(), [])
     """
 
-    def __init__(self, kafka: KafkaConfig, start_positions: StartPositions | None = None
-                 ) -> None:
+    def __init__(self, kafka: KafkaConfig, start_positions: StartPositions | None = None,
+                 max_message_bytes: int | None = None) -> None:
         self.kafka = kafka
         self.start_positions = start_positions
+        self.max_message_bytes = max_message_bytes
         self._consumer: Consumer | None = None
         self._cooperative = False
         self._changes: list[OwnershipChange] = []
@@ -181,7 +199,7 @@ class KafkaGroupSource:
 
     def open(self) -> None:
         """Create the consumer and subscribe (the group join happens in ``poll_blocks``)."""
-        conf = {**consumer_config(self.kafka), "error_cb": ErrorLog()}
+        conf = {**consumer_config(self.kafka, self.max_message_bytes), "error_cb": ErrorLog()}
         self._cooperative = "cooperative" in str(conf.get("partition.assignment.strategy", ""))
         try:
             self._consumer = Consumer(conf)

@@ -6,12 +6,10 @@ import pathlib
 from collections.abc import Iterator
 
 import pytest
-import torch
 from store_helpers import S3_ENV, moto_server_exe, run_moto_server
 
 from stream_ae.apps.broker import EmbeddedBroker, create_topics
 from stream_ae.testing import external_bootstrap, unique_name
-
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

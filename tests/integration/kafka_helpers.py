@@ -13,10 +13,9 @@ import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from stream_ae.config import Settings
-from stream_ae.engine import Engine
-from stream_ae.records import Batch
 from stream_ae.decode import Decoder
-from stream_ae.records import RawBlock
+from stream_ae.engine import Engine
+from stream_ae.records import Batch, RawBlock
 
 NAMES = ("a", "b", "c", "d")
 

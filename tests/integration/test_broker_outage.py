@@ -26,8 +26,8 @@ from structlog.testing import capture_logs
 
 from stream_ae.apps.broker import EmbeddedBroker, create_topics, free_port
 from stream_ae.config import Settings
-from stream_ae.service.main import engine_factory, kafka_loop
 from stream_ae.schema import DecisionMessage
+from stream_ae.service.main import engine_factory, kafka_loop
 from stream_ae.testing import external_bootstrap, unique_name
 
 pytestmark = [

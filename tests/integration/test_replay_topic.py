@@ -13,16 +13,16 @@ from confluent_kafka import Producer
 from kafka_helpers import committed, read_all, service_config, write_config
 from typer.testing import CliRunner
 
+from stream_ae.apps.simulate import SensorSimulator, SimulationConfig
 from stream_ae.backtest import TopicInput, run_topic_backtest
 from stream_ae.checkpoint import Checkpoint, CheckpointStore
 from stream_ae.cli import app
 from stream_ae.config import Settings
+from stream_ae.decode import Decoder
 from stream_ae.engine import Engine
 from stream_ae.errors import ConfigError
-from stream_ae.schema import AlertMessage
-from stream_ae.decode import Decoder
 from stream_ae.records import RawBlock
-from stream_ae.apps.simulate import SensorSimulator, SimulationConfig
+from stream_ae.schema import AlertMessage
 from stream_ae.sources.base import BlockReader
 from stream_ae.sources.replay import ReplayStart, TopicReplaySource, parse_start
 

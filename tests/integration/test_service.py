@@ -25,8 +25,8 @@ from structlog.testing import capture_logs
 from stream_ae.checkpoint import CheckpointStore
 from stream_ae.config import Settings
 from stream_ae.metrics import Health, MetricsServer, ServiceMetrics
-from stream_ae.service.main import engine_factory, kafka_loop
 from stream_ae.schema import AlertMessage, DecisionMessage
+from stream_ae.service.main import engine_factory, kafka_loop
 
 
 @contextlib.contextmanager
@@ -90,7 +90,7 @@ def test_alerts_equal_offline_engine_and_metrics_are_served(
     assert a.score > a.threshold and a.key.startswith(f"dev-{a.source.partition}-")
     raw = next(m for m in read_all(bootstrap, topics["alerts"]))
     headers = dict(raw.headers())
-    assert headers["stream-ae.schema-version"] == b"1" and raw.key() == a.key.encode()
+    assert headers["stream-ae.schema-version"] == b"2" and raw.key() == a.key.encode()
     assert ready == 200
     assert f'stream_ae_records_in_total{{partition="0",topic="{topics["in"]}"}} 1200.0' in metrics
     assert "stream_ae_batch_seconds_bucket" in metrics and "stream_ae_threshold{" in metrics

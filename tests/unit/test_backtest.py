@@ -7,15 +7,13 @@ import pathlib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
+from stream_ae.apps.simulate import SimulationConfig, simulate_frame
 from stream_ae.backtest import FileInput, run_file_backtest, settings_with
 from stream_ae.cli import app
 from stream_ae.config import Settings
 from stream_ae.sources.files import Columns
-from stream_ae.apps.simulate import SimulationConfig, simulate_frame
-
 
 SIM = SimulationConfig(devices=2, day_s=600.0, anomalies_after=300.0, point_rate=0.01,
                        collective_rate=0.004, seed=3)

@@ -11,7 +11,6 @@ from stream_ae.model.network import Autoencoder, SeededDropout
 from stream_ae.model.online import OnlineAutoencoder, RunningScaler
 
 
-
 def data(n: int = 512, d: int = 6, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(n, 2))

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from stream_ae.evaluation import EpisodeDelay
-from stream_ae.report import BadRow
 from stream_ae.report import (
     MAX_GROUP_PLOTS,
     MAX_POINTS,
+    BadRow,
     DriftMark,
     ReportData,
     TopAlert,

@@ -322,8 +322,9 @@ def test_learned_state_config_change_follows_on_config_mismatch(
 def test_decision_settings_apply_to_the_restored_engine(tmp_path: pathlib.Path) -> None:
     before = small_settings(tmp_path)
     msgs = _engine_checkpoint(before, tmp_path)
-    changed = small_settings(tmp_path, engine={**before.engine.model_dump(mode="json"),
-                                               "threshold": {"window": 100, "q": 0.5}})
+    engine = before.engine.model_dump(mode="json")
+    engine["threshold"]["q"], engine["decision"]["mode"] = 0.5, "quantile"
+    changed = small_settings(tmp_path, engine=engine)
     more, _ = stream(400)
     src = MemoryGroupSource({TP0: msgs + more[300:]}, committed={TP0: 300})
     sink = MemorySink(src.committer())
@@ -335,6 +336,7 @@ def test_decision_settings_apply_to_the_restored_engine(tmp_path: pathlib.Path) 
     assert final is not None and final.engine is not None
     eng = Engine.restore(final.engine)
     assert eng.records_seen == 400 and eng.config.threshold.q == 0.5
+    assert eng.config.decision.mode == "quantile"
     assert len(sink.alerts) > 20  # the median threshold flags about half of 100 records
 
 

@@ -1,0 +1,154 @@
+"""Scores -> decisions: calibrated grades, the false-alarm budget, evidence and incidents.
+
+One :class:`DecisionLayer` per engine composes the pure components of :mod:`stream_ae.detect`:
+
+1. :class:`~stream_ae.detect.calibrate.TailCalibrator` turns a score into ``p``, its tail
+   probability under the recent normal scores of its key (peaks over threshold, GPD tail);
+   ``grade = clip(-log10 p / grade_decades, 0, 1)``.
+2. The budget ``false_alarm_rate`` (expected false flags per normal record) is split: a
+   record is flagged on its own when ``p < point_share * rate``; and
+3. :class:`~stream_ae.detect.evidence.EvidenceAccumulator` adds up surprise per key (a
+   CUSUM of ``-ln p - k``), flagging while it is above the level ``h`` whose up-crossing
+   rate under calibrated p-values is the rest of the budget
+   (:func:`~stream_ae.detect.evidence.threshold_for_rate`). A sustained moderate excursion
+   is found by (3), a single extreme record by (2); a single moderate noise crossing by
+   neither.
+4. :class:`~stream_ae.detect.incidents.IncidentTracker` groups a key's flags into incidents
+   (opened / updated / resolved after ``quiet_records`` quiet records); an incident that
+   lasts ``regime.after_records`` records (or ``regime.after_seconds``) becomes the key's
+   new normal: resolved with reason ``new_normal``, the key held (its flags dropped) until
+   the engine has re-based it at its next learning boundary (:meth:`DecisionLayer.rebase`).
+
+Calibration state changes only at the engine's boundaries (:meth:`absorb`); evidence and
+incidents advance record by record, so decisions do not depend on batch splits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stream_ae.config import DecisionConfig, RegimeConfig
+from stream_ae.detect._keys import BatchKeys
+from stream_ae.detect.attribution import SensorAttribution
+from stream_ae.detect.calibrate import TailCalibrator, grade
+from stream_ae.detect.evidence import EvidenceAccumulator, threshold_for_rate
+from stream_ae.detect.incidents import IncidentTracker, IncidentUpdate
+from stream_ae.types import F32, F64, I64, Bool
+
+@dataclass(frozen=True)
+class Decided:
+    """Per-row decisions of one chunk."""
+
+    flags: Bool
+    grades: F64
+    thresholds: F64  # the score a single record of the key needs to be flagged on its own
+    incident: I64  # opened_offset of the row's incident, -1 for none
+    updates: list[IncidentUpdate]
+
+
+class DecisionLayer:
+    """Grades, budgeted flags and incidents for one partition's scored records.
+
+    Parameters
+    ----------
+    config, regime
+        The decision and per-key regime settings.
+    sensor_names, lags, diffs
+        How model inputs fold into sensors (attribution of incidents).
+    max_keys
+        Keys whose calibration level, evidence and open incident are kept.
+    """
+
+    def __init__(self, config: DecisionConfig, regime: RegimeConfig,
+                 sensor_names: Sequence[str], lags: int, diffs: bool, max_keys: int) -> None:
+        self.config = config
+        self.regime = regime
+        self.sensor_names = tuple(sensor_names)
+        self.lags = lags
+        self.diffs = diffs
+        self.max_keys = max_keys
+        c = config
+        self._alpha = c.point_share * c.false_alarm_rate
+        self._h = threshold_for_rate(c.evidence_k, (1.0 - c.point_share) * c.false_alarm_rate)
+        self._cal = TailCalibrator(window=c.calibration_window, min_count=c.min_scores,
+                                   key_min_count=c.key_min_records, max_keys=max_keys)
+        self._ev = EvidenceAccumulator(k=c.evidence_k, cap=c.evidence_cap * self._h,
+                                       max_keys=max_keys)
+        self._inc = IncidentTracker(
+            c.quiet_records, c.update_every, max_keys,
+            max_records=regime.after_records if regime.enabled else None,
+            max_seconds=regime.after_seconds if regime.enabled else None)
+        self.attribution = SensorAttribution(self.sensor_names, lags, diffs)
+
+    @property
+    def evidence_level(self) -> float:
+        """``h``: the evidence a key needs for its records to be flagged."""
+        return self._h
+
+    @property
+    def held(self) -> list[str]:
+        """Keys whose new normal waits for :meth:`rebase`."""
+        return self._inc.held
+
+    def typical_score(self, key: str) -> float:
+        """The key's typical normal score (``exp`` of its calibration level)."""
+        return float(np.exp(self._cal.levels([key])[0]))
+
+    def survival(self, keys: Sequence[str], scores: F64) -> F64:
+        """Tail probabilities (no side effects)."""
+        return self._cal.survival(keys, scores)
+
+    def decide(self, keys: Sequence[str], scores: F64, times: F64, ids: I64, errors: F32,
+               legacy: Bool | None = None) -> Decided:
+        """Flags, grades and incidents of consecutive scored rows (advances evidence and
+        incidents). ``legacy``: flags of the rolling threshold (modes quantile, mean_std)."""
+        bk = BatchKeys(keys)
+        p = self._cal.survival(bk, scores)
+        grades = grade(p, self.config.grade_decades)
+        thresholds = self._cal.score_at(bk, np.full(len(bk), self._alpha))
+        if legacy is None:
+            s = self._ev.update(bk, p)
+            flags = (p < self._alpha) | (s > self._h)
+            # a key without a level of its own is read on the pooled level: learn it first
+            flags &= self._cal.has_level(bk) & self._cal.is_warm
+        else:
+            flags = legacy.copy()
+        contrib = self.attribution.sensor_errors(errors) if flags.any() else None
+        names = self.sensor_names if contrib is not None else None
+        incident, updates = self._inc.update(bk, flags, grades, times, ids, contrib, names)
+        flags &= incident >= 0  # held keys: their new normal is being learned
+        return Decided(flags, grades, thresholds, incident, updates)
+
+    def absorb(self, keys: Sequence[str], scores: F64, flags: Bool) -> None:
+        """At a boundary: the unflagged scores teach the calibration."""
+        keep = ~flags
+        if keep.all():
+            self._cal.update(keys, scores)
+        elif keep.any():
+            self._cal.update([k for k, ok in zip(keys, keep.tolist(), strict=True) if ok],
+                             scores[keep])
+
+    def prime(self, keys: Sequence[str], scores: F64) -> None:
+        """After warm-up: the held-out warm-up scores start the calibration."""
+        self._cal.update(keys, scores)
+
+    def rebase(self, key: str, scores: F64) -> None:
+        """The key's new normal: its level from these recent scores, evidence reset,
+        incidents allowed again."""
+        self._cal.reset_key(key, scores)
+        self._ev.reset(key)
+        self._inc.release(key)
+
+    def get_state(self) -> dict[str, Any]:
+        return {"calibrator": self._cal.get_state(), "evidence": self._ev.get_state(),
+                "incidents": self._inc.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._cal.set_state(state["calibrator"])
+        self._ev.set_state(state["evidence"])
+        self._inc.set_state(state["incidents"])
+
