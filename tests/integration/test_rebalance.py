@@ -235,14 +235,15 @@ def check_outputs(bootstrap: str, topics: dict[str, str], settings: Settings,
             dups += 1
             assert doc == first[doc["alert_id"]]
         first.setdefault(doc["alert_id"], doc)
-    lost = 0
+    lost = expected_total = 0
     for p, values in data.items():
         got = sorted(d["source"]["offset"] for d in first.values()
                      if d["source"]["partition"] == p)
         expected = offline_alert_offsets(settings, topics["in"], p, values)
-        assert len(expected) >= 5
+        expected_total += len(expected)
         lost += len(set(expected) - set(got))
         assert got == expected, p
+    assert expected_total >= 50  # the comparison is not vacuous
     covered: dict[tuple[int, int], int] = {}
     for m in read_all(bootstrap, topics["decisions"]):
         d = DecisionMessage.model_validate_json(m.value())
