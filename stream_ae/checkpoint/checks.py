@@ -39,10 +39,10 @@ def opened(subject: Subject, keep: int = 3) -> Iterator[Store]:
 
 def blob(n: int, seed: int) -> bytes:
     """``n`` deterministic pseudo-random bytes."""
-    out = b""
+    out = bytearray()
     while len(out) < n:
         out += hashlib.sha256(f"{seed}/{len(out)}".encode()).digest()
-    return out[:n]
+    return bytes(out[:n])
 
 
 def ckpt(topic: str, partition: int, position: int, size: int = 100) -> Checkpoint:

@@ -7,6 +7,7 @@ import pathlib
 from collections.abc import Callable
 
 import pytest
+import structlog
 from store_helpers import corrupt_directory, corrupt_kafka, corrupt_s3, create_bucket
 from structlog.testing import capture_logs
 
@@ -94,7 +95,7 @@ def test_inspect_reads_the_configured_store(kind: str, request: pytest.FixtureRe
     subject = subject_for(kind, request, tag, tmp_path)
     store = subject.make(2)
     data: dict[str, object] = {"kafka": {"input_topics": [subject.topic], "group_id": f"g-{tag}"},
-                               "log": {"level": "warning"}}
+                               "log": {"format": "json"}}
     if isinstance(store, KafkaCheckpointStore):
         data["kafka"] |= {"bootstrap_servers": store.kafka.bootstrap_servers}  # type: ignore[operator]
         data["checkpoint"] = {"store": "kafka"}
@@ -113,7 +114,11 @@ def test_inspect_reads_the_configured_store(kind: str, request: pytest.FixtureRe
         store.close()
     cfg = tmp_path / "current.yaml"
     cfg.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-    result = CliRunner().invoke(app, ["checkpoint", "inspect", "-c", str(cfg)])
+    saved = structlog.get_config()  # the command configures logging for the process
+    try:
+        result = CliRunner().invoke(app, ["checkpoint", "inspect", "-c", str(cfg)])
+    finally:
+        structlog.configure(**saved)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["partition"], r["position"], r["valid"]) for r in rows] == [
@@ -121,3 +126,25 @@ def test_inspect_reads_the_configured_store(kind: str, request: pytest.FixtureRe
     assert rows[0]["config_diff"]["training.window"] == {"stored": 512, "current": 4096}
     assert (rows[0]["learned_state_mismatch"], rows[0]["on_restart"]) == (
         ["training.window"], "fail")
+
+
+def test_kafka_store_chunks_a_snapshot_larger_than_a_message(bootstrap: str, tag: str) -> None:
+    """2.5 MB of engine state (beyond the brokers' default 1 MB message.max.bytes) in
+    default-size chunks; a second store instance restores it byte for byte."""
+    topic = f"in-{tag}"
+    create_topics(bootstrap, {topic: 1})
+    kafka = KafkaConfig(bootstrap_servers=bootstrap, group_id=f"g-{tag}")
+    big = ckpt(topic, 0, 77, size=2_500_000)
+    writer, reader = (KafkaCheckpointStore(kafka, KafkaStoreConfig()) for _ in range(2))
+    writer.open()
+    reader.open()
+    try:
+        with capture_logs() as logs:
+            writer.save(big)
+            got = reader.load(topic, 0)
+    finally:
+        writer.close()
+        reader.close()
+    written = next(e for e in logs if e["event"] == "checkpoint_written")
+    assert written["chunks"] == -(-len(encode_checkpoint(big)) // (512 * 1024)) == 5
+    assert got is not None and got.engine == big.engine and got.position == 77

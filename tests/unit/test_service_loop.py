@@ -343,6 +343,7 @@ def test_decision_settings_apply_to_the_restored_engine(tmp_path: pathlib.Path) 
 def test_inspect_shows_stored_config_beside_the_current_one(tmp_path: pathlib.Path) -> None:
     import json
 
+    import structlog
     import yaml
     from typer.testing import CliRunner
 
@@ -356,7 +357,11 @@ def test_inspect_shows_stored_config_beside_the_current_one(tmp_path: pathlib.Pa
     data["kafka"]["input_topics"] = ["s"]
     cfg = tmp_path / "now.yaml"
     cfg.write_text(yaml.safe_dump(data))
-    result = CliRunner().invoke(app, ["checkpoint", "inspect", "-c", str(cfg)])
+    saved = structlog.get_config()  # the command configures logging for the process
+    try:
+        result = CliRunner().invoke(app, ["checkpoint", "inspect", "-c", str(cfg)])
+    finally:
+        structlog.configure(**saved)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     newest = rows[0]
