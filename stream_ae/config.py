@@ -37,11 +37,13 @@ class FeaturesConfig(_Frozen):
         description="Feature field names in model order. Empty: taken from the first valid record "
         "(JSON object keys in order, minus key/timestamp/label fields).",
     )
-    lags: int = Field(default=8, ge=0, le=64, description="Previous readings of the same key "
-                      "concatenated to each record (shingle length minus one): temporal context "
-                      "per key, so that a single sensor is a meaningful model input and "
-                      "collective anomalies are seen (8: 9 s of context at 1 Hz; 0: each "
-                      "record on its own, for i.i.d. tabular data).")
+    lags: int | Literal["auto"] = Field(
+        default="auto", description="Previous readings of the same key concatenated to each "
+        "record (shingle length minus one): temporal context per key, so that a single sensor "
+        "is a meaningful model input and collective anomalies are seen. 'auto': 8 for up to 7 "
+        "features (9 s of context at 1 Hz), fewer for wider records so the model input stays "
+        "near 64 columns, at least 1 (see lags_for); 0: each record on its own (i.i.d. "
+        "tabular data).")
     diffs: bool = Field(default=False, description="Append first differences per key.")
     missing: Literal["reject", "ffill"] = Field(
         default="reject",
@@ -52,6 +54,24 @@ class FeaturesConfig(_Frozen):
                           "the least recently seen key's history is dropped, so memory stays "
                           "bounded (about max_keys x (4 x features x max(lags, 1) + 200) bytes) "
                           "whatever the number of distinct keys.")
+
+    def lags_for(self, n_raw: int) -> int:
+        """The lags in force for records of ``n_raw`` features.
+
+        >>> f = FeaturesConfig()
+        >>> [f.lags_for(n) for n in (1, 7, 8, 38, 200)], FeaturesConfig(lags=3).lags_for(8)
+        ([8, 8, 7, 1, 1], 3)
+        """
+        if self.lags != "auto":
+            return self.lags
+        return max(1, min(8, 64 // max(n_raw, 1) - 1))
+
+    @field_validator("lags")
+    @classmethod
+    def _lag_range(cls, v: Any) -> Any:
+        if v != "auto" and not 0 <= v <= 64:
+            raise ValueError("lags must be 'auto' or 0..64")
+        return v
 
     @field_validator("names", mode="before")
     @classmethod
@@ -93,7 +113,7 @@ class TrainingConfig(_Frozen):
                         "flagged; the scaler, model and threshold are fitted on them.")
     warmup_epochs: int = Field(default=100, ge=0, description="Epochs over the warm-up records "
                                "when warm-up ends.")
-    warmup_fit: Literal["pca", "epochs"] = Field(default="epochs", description="How a linear "
+    warmup_fit: Literal["pca", "epochs"] = Field(default="pca", description="How a linear "
                                                  "autoencoder is fitted on the warm-up records: "
                                                  "'pca', its exact least-squares optimum in one "
                                                  "SVD, or 'epochs' of optimiser steps (always used "
@@ -161,10 +181,10 @@ class DecisionConfig(_Frozen):
     """
 
     mode: Literal["budget", "quantile", "mean_std"] = "budget"
-    false_alarm_rate: float = Field(default=1e-4, gt=0.0, lt=0.5, description="Expected false "
+    false_alarm_rate: float = Field(default=3e-5, gt=0.0, lt=0.5, description="Expected false "
                                     "flags per record of normal data (budget mode). Alerts per "
                                     "key and day on a normal stream = rate x records per key and "
-                                    "day: 1e-4 at 1 Hz is about 8.6 flagged records a day, "
+                                    "day: 3e-5 at 1 Hz is about 2.6 flagged records a day, "
                                     "fewer incidents (docs/engine.md#decisions).")
     point_share: float = Field(default=0.5, gt=0.0, lt=1.0, description="Share of the budget "
                                "spent on single extreme records; the rest on evidence.")
@@ -351,6 +371,10 @@ class BatchingConfig(_Frozen):
 
     max_records: int = Field(default=4096, ge=1)
     max_wait_ms: int = Field(default=200, ge=1)
+    adaptive: bool = Field(default=True, description="A batch is also due as soon as the "
+                           "consumer has nothing more fetched: small batches when input is "
+                           "slow (latency), full ones under load (throughput). False: wait "
+                           "for max_records or max_wait_ms.")
 
 
 class KafkaStoreConfig(_Frozen):

@@ -146,7 +146,12 @@ class Engine:
     def feature_names(self) -> tuple[str, ...]:
         """Model-input column names (readings, lags, differences)."""
         f = self.config.features
-        return feature_names(self.raw_feature_names, f.lags, f.diffs)
+        return feature_names(self.raw_feature_names, self.lags, f.diffs)
+
+    @property
+    def lags(self) -> int:
+        """Lag blocks of the model inputs (``features.lags``, resolved for this width)."""
+        return self.config.features.lags_for(len(self.raw_feature_names))
 
     @property
     def records_seen(self) -> int:
@@ -249,7 +254,7 @@ class Engine:
     def _build(self) -> None:
         c = self.config
         f, m, t, tr = c.features, c.model, c.threshold, c.training
-        self._feat = FeatureStage(len(self.raw_feature_names), f.lags, f.diffs, f.missing,
+        self._feat = FeatureStage(len(self.raw_feature_names), self.lags, f.diffs, f.missing,
                                   f.max_keys)
         n_in = self._feat.n_features
         code = m.bottleneck or bottleneck_for(n_in)
@@ -260,7 +265,7 @@ class Engine:
                                              t.min_count)
         self._drift = (None if c.drift.detector == "none"
                        else DriftMonitor(c.drift.detector, c.drift.delta, c.drift.history, m.seed))
-        self._dec = DecisionLayer(c.decision, c.regime, self.raw_feature_names, f.lags, f.diffs,
+        self._dec = DecisionLayer(c.decision, c.regime, self.raw_feature_names, self.lags, f.diffs,
                                   f.max_keys)
         self._replay = RecordWindow(tr.window)
         self._warm = RecordWindow(max(1, tr.warmup))
@@ -437,7 +442,8 @@ class Engine:
             self._quar.push(x=x[rest], s=s[rest])
             self._quar_keys = [k for k, m in zip(self._quar_keys, mine.tolist(), strict=True)
                                if not m]
-        self._ramp_origin = self._n_scored
+        # the partition's learning schedule goes on: one key's new normal is not a change of
+        # the whole stream (restarting the boundary ramp per key made learning 14x busier)
         return self.config.regime.relearn_steps
 
     def _finish_warmup(self) -> None:
@@ -449,10 +455,14 @@ class Engine:
         xs = self._scaler.transform(x)
         self._fit_warmup(xs[: n - hold], tr.warmup_epochs)
         init, _ = self._model.score_many(xs[n - hold :] if hold else xs)
+        fitted, _ = self._model.score_many(xs[: n - hold]) if hold else (init, None)
         if hold:
             self._fit_warmup(xs, max(1, round(tr.warmup_epochs * tr.holdout)))
         self._thr.prime(init)
-        self._dec.prime(self._warm_keys[n - hold :] if hold else self._warm_keys, init)
+        # the calibration starts from every warm-up score: the held-out ones and, so that a
+        # short warm-up still leaves a tail to fit, the in-sample ones of the first fit
+        both = np.concatenate([fitted, init]) if hold else init
+        self._dec.prime(self._warm_keys[-n:][: both.size], both)
         self._warm_keys = []
         self._replay.push(x=x, s=self._model.score_many(xs)[0])
         self._warm = RecordWindow(1)

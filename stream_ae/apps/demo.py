@@ -124,8 +124,7 @@ def service_config(bootstrap: str, opts: DemoOptions, sensors: tuple[str, ...]
                                 "batch_size": 1024, "warmup_epochs": 30},
                    "threshold": {"window": 3000, "q": 0.995},
                    # a less jumpy ADWIN: the daily cycle moves the score level all the time
-                   "drift": {"delta": 1e-5},
-                   "regime": {"max_alarm_fraction": 0.3}},
+                   "drift": {"delta": 1e-5}},
         "record": {"label_field": "label"},
         "kafka": {"bootstrap_servers": bootstrap, "group_id": "stream-ae-demo",
                   "input_topics": [TOPICS["sensors"]], "alerts_topic": TOPICS["alerts"],

@@ -84,6 +84,7 @@ class ResultCollector:
         self._cols: dict[str, list[Any]] = {k: [] for k in
                                             ("group", "time", "score", "threshold",
                                              "is_anomaly", "warmup", "label", "row")}
+        self._groups: dict[str, int] = {}
         self._top: list[tuple[float, int, TopAlert]] = []
         self._drift: list[DriftMark] = []
         self._bad: list[BadRow] = []
@@ -93,9 +94,16 @@ class ResultCollector:
     def add_rows(self, groups: Sequence[str], times: F64, scores: F64, thresholds: F64,
                  flags: Bool, warmup: Bool, labels: I64, rows: I64) -> None:
         """Append rows (NaN score: not scored)."""
-        for name, values in zip(self._cols, (list(groups), times, scores, thresholds, flags,
-                                             warmup, labels, rows), strict=True):
+        for name, values in zip(self._cols, (self._codes(groups), times, scores, thresholds,
+                                             flags, warmup, labels, rows), strict=True):
             self._cols[name].append(np.asarray(values))
+
+    def _codes(self, groups: Sequence[str]) -> I64:
+        """Groups as codes into one list of distinct names: memory per row stays 8 bytes
+        whatever the key length (pandas text columns copy every row's string)."""
+        index = self._groups
+        return np.fromiter((index.setdefault(g, len(index)) for g in groups), np.int64,
+                           len(groups))
 
     def add_step(self, groups: Sequence[str], times: F64, labels: I64 | None, rows: I64,
                  res: StepResult) -> None:
@@ -150,9 +158,12 @@ class ResultCollector:
 
     def frame(self) -> pd.DataFrame:
         """Every row so far in the report layout (plus ``row``: line or offset)."""
-        cols = {k: (np.concatenate(v) if v else np.array([])) for k, v in self._cols.items()}
+        cols: dict[str, Any] = {k: (np.concatenate(v) if v else np.array([], np.int64))
+                                for k, v in self._cols.items()}
+        # categorical over an object index: one string per distinct group, shared by its rows
+        names = pd.Index(list(self._groups), dtype=object)
+        cols["group"] = pd.Categorical.from_codes(cols["group"], categories=names)
         frame = pd.DataFrame(cols)
-        frame["group"] = frame["group"].astype(str)
         frame["is_anomaly"] = frame["is_anomaly"].astype(bool)
         frame["warmup"] = frame["warmup"].astype(bool)
         frame["label"] = frame["label"].astype(np.int64)

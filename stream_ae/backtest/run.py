@@ -101,19 +101,23 @@ def run_file_backtest(settings: Settings, source: FileInput, output: pathlib.Pat
     proc: PartitionProcessor | None = None
     replay: Replay | None = None
     alerts = AlertFile(output.with_suffix(".alerts.jsonl"))
-    with progress_bar("backtest", src.size_bytes(), progress) as bar:
-        src.open()
-        while not src.done:
-            for block in src.poll_blocks(source.chunk_rows, 0.0):
-                if proc is None:
-                    proc, replay = _file_start(settings, src, output, alerts)
-                assert replay is not None
-                done = proc.process(block, 0, time.time())
-                if done is not None:
-                    replay.add(done, src.roles.features)
-                bar.update(bar.task_ids[0], completed=getattr(block, "bytes_read", 0),
-                           records=replay.collector.records if replay.collector else 0)
-    alerts.close()
+    try:
+        with progress_bar("backtest", src.size_bytes(), progress) as bar:
+            src.open()
+            while not src.done:
+                for block in src.poll_blocks(source.chunk_rows, 0.0):
+                    if proc is None:
+                        proc, replay = _file_start(settings, src, output, alerts)
+                    assert replay is not None
+                    done = proc.process(block, 0, time.time())
+                    if done is not None:
+                        replay.add(done, src.roles.features)
+                    bar.update(bar.task_ids[0], completed=getattr(block, "bytes_read", 0),
+                               records=replay.collector.records if replay.collector else 0)
+    finally:
+        alerts.close()
+        if replay is not None:
+            replay.writer.close()
     if replay is None or replay.collector is None:
         raise SourceError(f"{source.path} holds no rows")
     return finish(replay.collector, output, f"Backtest of {source.path.name}",
@@ -278,6 +282,7 @@ def run_topic_backtest(settings: Settings, inp: TopicInput, output: pathlib.Path
     finally:
         source.close()
         alerts.close()
+        replay.writer.close()
     if replay.collector is None or replay.collector.records == 0:
         raise SourceError(f"no records in topic {inp.topic} between the given start and end")
     where = inp.alerts_topic or str(getattr(alerts, "path", ""))

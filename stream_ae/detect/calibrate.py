@@ -422,7 +422,10 @@ def _fit_tail(exc: F64, t: float, start: tuple[float, float] | None) -> _Tail:
                 xi, _, sigma = stats.genpareto.fit(exc, start[0], floc=0, scale=start[1])
     except (ValueError, RuntimeError, FloatingPointError):
         xi, sigma = math.nan, math.nan
-    if math.isfinite(xi) and math.isfinite(sigma) and sigma > 0:
+    # xi < 0 (a tail with an end point) is not taken: the tails of log reconstruction errors
+    # are light but unbounded, and a short tail fitted on a window that the detector itself
+    # censors (flagged scores are not learned) would shorten the window's tail further
+    if math.isfinite(xi) and math.isfinite(sigma) and sigma > 0 and xi >= 0:
         return _Tail("gpd", t, float(xi), float(sigma), float(exc.max()))
     _, scale = stats.expon.fit(exc, floc=0)
     return _Tail("exp", t, 0.0, float(scale), float(exc.max()))

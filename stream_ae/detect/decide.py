@@ -25,6 +25,7 @@ incidents advance record by record, so decisions do not depend on batch splits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,7 @@ from stream_ae.detect.calibrate import TailCalibrator, grade
 from stream_ae.detect.evidence import EvidenceAccumulator, threshold_for_rate
 from stream_ae.detect.incidents import IncidentTracker, IncidentUpdate
 from stream_ae.types import F32, F64, I64, Bool
+
 
 @dataclass(frozen=True)
 class Decided:
@@ -73,7 +75,16 @@ class DecisionLayer:
         self.max_keys = max_keys
         c = config
         self._alpha = c.point_share * c.false_alarm_rate
-        self._h = threshold_for_rate(c.evidence_k, (1.0 - c.point_share) * c.false_alarm_rate)
+        self._rate_ev = (1.0 - c.point_share) * c.false_alarm_rate
+        self._p_k = float(np.exp(-c.evidence_k))
+        self._h_iid = threshold_for_rate(c.evidence_k, self._rate_ev)
+        self._h = self._h_iid
+        # the evidence of normal records only, to learn how often it runs high on this
+        # stream (consecutive scores are correlated: lags share inputs, sensors drift)
+        self._null = EvidenceAccumulator(k=c.evidence_k, cap=1e4, max_keys=max_keys)
+        self._null_s = np.zeros(0)
+        self._null_pos = 0
+        self._null_new = 0
         self._cal = TailCalibrator(window=c.calibration_window, min_count=c.min_scores,
                                    key_min_count=c.key_min_records, max_keys=max_keys)
         self._ev = EvidenceAccumulator(k=c.evidence_k, cap=c.evidence_cap * self._h,
@@ -112,7 +123,9 @@ class DecisionLayer:
         thresholds = self._cal.score_at(bk, np.full(len(bk), self._alpha))
         if legacy is None:
             s = self._ev.update(bk, p)
-            flags = (p < self._alpha) | (s > self._h)
+            # while the evidence is high, the records that add to it (p < e^-k) are flagged
+            flags = (p < self._alpha) | ((s > self._h) & (p < self._p_k))
+            flags &= ~self._echo(errors)
             # a key without a level of its own is read on the pooled level: learn it first
             flags &= self._cal.has_level(bk) & self._cal.is_warm
         else:
@@ -123,14 +136,66 @@ class DecisionLayer:
         flags &= incident >= 0  # held keys: their new normal is being learned
         return Decided(flags, grades, thresholds, incident, updates)
 
+    def _echo(self, errors: F32) -> Bool:
+        """Rows whose error sits in their lagged inputs while the current readings carry less
+        than half their share (1 / (lags + 1)): the echo of an anomaly already seen in an
+        earlier record of the key. They stay part of its incident but raise no alert."""
+        if self.lags == 0:
+            return np.zeros(errors.shape[0], np.bool_)
+        n_raw = len(self.sensor_names)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            now = errors[:, :n_raw].sum(axis=1) / errors.sum(axis=1)
+        echo: Bool = now < 0.5 / (self.lags + 1)
+        return echo
+
     def absorb(self, keys: Sequence[str], scores: F64, flags: Bool) -> None:
-        """At a boundary: the unflagged scores teach the calibration."""
-        keep = ~flags
-        if keep.all():
-            self._cal.update(keys, scores)
-        elif keep.any():
-            self._cal.update([k for k, ok in zip(keys, keep.tolist(), strict=True) if ok],
-                             scores[keep])
+        """At a boundary: the scores of the stride teach the calibration, all but the
+        extreme ones (``p`` below ten times the single-record budget). Leaving out every
+        flagged score would censor the tail the fit extrapolates: a tail estimated too
+        short flags more, which censors more, and the estimate spirals down; censoring
+        only this far out (the top 0.05 % at the defaults) moves a fit of the top 2 %
+        little, while anomalies just short of an alert stay out. The model never learns
+        from flagged records (the training gate); the calibration learns from the moderate
+        ones."""
+        bk = BatchKeys(keys)
+        p = self._cal.survival(bk, scores)
+        moderate = ~(p < 10 * self._alpha)
+        if moderate.any() and self._cal.is_warm:
+            # the evidence level learns from every record but the extreme ones: leaving out
+            # the records flagged on evidence would cut off the very tail it is set from
+            self._learn_evidence_level(_subset(keys, bk, moderate), p[moderate])
+        keep = moderate & ~flags
+        if keep.any():
+            self._cal.update(_subset(keys, bk, keep), scores[keep])
+
+    def _learn_evidence_level(self, keys: Sequence[str], p: F64) -> None:
+        """The evidence level from the evidence of recent normal records: the stationary
+        tail of a CUSUM is exponential, ``P(S > s) = q0 exp(-(s - s0) / mu)``, fitted above
+        its 98 % quantile ``s0``; ``h`` is where that tail falls to the evidence share of the
+        budget (never below the level for independent records, :func:`threshold_for_rate`).
+        Correlated scores (shared lag inputs, slowly moving sensors) raise it."""
+        s = self._null.update(keys, p)
+        w = self.config.calibration_window
+        if self._null_s.size < w:
+            self._null_s = np.concatenate([self._null_s, s])[-w:]
+        else:
+            s = s[-w:]
+            idx = (self._null_pos + np.arange(s.size)) % w
+            self._null_s[idx] = s
+            self._null_pos = int((self._null_pos + s.size) % w)
+        if self._null_s.size < self.config.min_scores:
+            return
+        self._null_new += s.size
+        if self._null_new < min(4096, self._null_s.size):
+            return  # refitted every 4096 values (and while the window fills, as it doubles)
+        self._null_new = 0
+        s0 = float(np.quantile(self._null_s, 0.98))
+        above = self._null_s[self._null_s > s0] - s0
+        q0 = above.size / self._null_s.size
+        mu = float(above.mean()) if above.size else 0.0
+        h = s0 + mu * math.log(q0 / self._rate_ev) if q0 > self._rate_ev and mu > 0 else s0
+        self._h = max(self._h_iid, float(h))
+        self._ev.cap = self.config.evidence_cap * self._h
 
     def prime(self, keys: Sequence[str], scores: F64) -> None:
         """After warm-up: the held-out warm-up scores start the calibration."""
@@ -145,10 +210,20 @@ class DecisionLayer:
 
     def get_state(self) -> dict[str, Any]:
         return {"calibrator": self._cal.get_state(), "evidence": self._ev.get_state(),
-                "incidents": self._inc.get_state()}
+                "incidents": self._inc.get_state(), "null": self._null.get_state(),
+                "null_s": self._null_s.copy(), "null_pos": self._null_pos,
+                "null_new": self._null_new, "h": self._h}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._cal.set_state(state["calibrator"])
         self._ev.set_state(state["evidence"])
         self._inc.set_state(state["incidents"])
+        self._null.set_state(state["null"])
+        self._null_s = np.asarray(state["null_s"], dtype=np.float64)
+        self._null_pos, self._h = int(state["null_pos"]), float(state["h"])
+        self._null_new = int(state["null_new"])
+        self._ev.cap = self.config.evidence_cap * self._h
 
+
+def _subset(keys: Sequence[str], bk: BatchKeys, mask: Bool) -> Sequence[str]:
+    return bk if mask.all() else [k for k, ok in zip(keys, mask.tolist(), strict=True) if ok]

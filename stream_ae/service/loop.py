@@ -133,18 +133,23 @@ class ServiceLoop:
     def cycle(self, idle_timeout: float = 0.2) -> int:
         """Poll once, process the batch when it is due; return the records polled."""
         b = self.batcher
-        if b.pending:  # fill the batch until it is full or its deadline passes
-            blocks = self.source.poll_blocks(b.want(), b.wait())
+        if b.pending:  # fill the batch until it is full or due
+            want, wait = b.want(), b.wait()
+            blocks = self.source.poll_blocks(want, wait)
         else:
             # a poll for n messages waits for all n: wait for the first one only, then take
             # what is already fetched, so the latency bound starts at the first arrival
             blocks = self.source.poll_blocks(1, idle_timeout)
+            want, wait = b.max_records - 1, 0.0
             if blocks:
-                blocks += self.source.poll_blocks(b.max_records - 1, 0.0)
+                blocks += self.source.poll_blocks(want, wait)
+        got = sum(len(blk) for blk in blocks)
+        # nothing more fetched: a zero-wait poll came back short (adaptive batching)
+        drained = wait == 0.0 and got - (0 if b.pending else 1) < want
         self._apply(self.source.take_changes())
         blocks = [blk for blk in blocks if (blk.topic, blk.partition) in self._parts]
         n = sum(len(blk) for blk in blocks)
-        b.add(blocks)
+        b.add(blocks, drained=drained)
         if b.due() or (b.pending and not n and idle_timeout == 0.0):
             self.flush()
         self.checkpoint_all(force=False)

@@ -82,7 +82,7 @@ def build_loop(settings: Settings, make_source: MakeSource | GroupSource, make_s
         source.start_positions = restorer.start_positions
     sink = make_sink(source.committer()) if callable(make_sink) else make_sink
     batcher = Batcher(settings.batching.max_records, settings.batching.max_wait_ms / 1000.0,
-                      clock)
+                      clock, settings.batching.adaptive)
     return ServiceLoop(source, sink, restorer, batcher, metrics, health, wall)
 
 

@@ -66,6 +66,9 @@ def producer_config(kafka: KafkaConfig, max_message_bytes: int | None = None) ->
         "acks": "all", "enable.idempotence": True, "linger.ms": 5,
         "compression.type": "lz4", "message.timeout.ms": 300_000,
         "message.max.bytes": output_limit(kafka, max_message_bytes),
+        # a transaction is several small request/response exchanges per batch
+        # (AddPartitions, TxnOffsetCommit, EndTxn): none may wait for Nagle (TCP_NODELAY)
+        "socket.nagle.disable": True,
     }
     if kafka.guarantee == "exactly_once":
         conf["transactional.id"] = transactional_id(kafka)

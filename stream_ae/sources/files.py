@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import pathlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,6 +32,7 @@ import orjson
 import pandas as pd
 
 from stream_ae.config import RecordFormat
+from stream_ae.decode import MS_THRESHOLD, CleanColumns
 from stream_ae.errors import ConfigError, SourceError
 from stream_ae.records import RawBlock, Unreadable
 from stream_ae.types import Bool
@@ -74,11 +75,38 @@ ALL_COLUMNS = Columns()  # no roles given: guess them, every numeric column a fe
 
 @dataclass(frozen=True)
 class FileBlock(RawBlock):
-    """A block of file rows, with each row's timestamp as written (predictions quote it)."""
+    """A block of file rows, with each row's timestamp as written (predictions quote it)
+    and, for a clean table chunk, its rows already parsed into columns (``columns``; the
+    per-row ``values`` are then built only if something asks for them)."""
 
     timestamp_text: tuple[str, ...] | None = None
     has_key: bool = False
     bytes_read: int = 0
+    columns: CleanColumns | None = None
+
+
+class _LazyRows(Sequence[Any]):
+    """The per-row field mappings of a table chunk, built on first access: a clean chunk is
+    decoded from its columns and never needs them."""
+
+    def __init__(self, n: int, build: Callable[[], list[Any]]) -> None:
+        self._n = n
+        self._build = build
+        self._rows: list[Any] | None = None
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _all(self) -> list[Any]:
+        if self._rows is None:
+            self._rows = self._build()
+        return self._rows
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._all()[i]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._all())
 
 
 def detect_format(path: pathlib.Path) -> Format:
@@ -248,6 +276,16 @@ class FileSource:
     def _table_block(self, raw: _RawChunk) -> FileBlock:
         if self._roles is None:
             self._roles = resolve_columns(raw.frame, self.columns)
+        clean = None if raw.bad else clean_columns(raw.frame, self._roles)
+        if clean is not None:
+            roles, frame, n = self._roles, raw.frame, len(raw.lines)
+            text = _timestamp_text(frame, roles)
+            return FileBlock(self.topic, 0, raw.lines,
+                             _LazyRows(n, lambda: table_rows(frame, roles)[0]),
+                             [None] * n, [None] * n,
+                             timestamp_text=None if text is None else tuple(text),
+                             has_key=roles.key is not None, bytes_read=raw.bytes_read,
+                             columns=clean)
         rows, ts_text = table_rows(raw.frame, self._roles)
         lines, values = _merge_bad(raw.lines, rows, raw.bad)
         if ts_text is not None:
@@ -412,6 +450,71 @@ def table_rows(frame: pd.DataFrame, roles: Columns) -> tuple[list[dict[str, Any]
         col = frame[roles.timestamp]
         text = ["" if m else str(v) for v, m in zip(col.tolist(), _is_missing(col), strict=True)]
     return rows, text
+
+
+def _timestamp_text(frame: pd.DataFrame, roles: Columns) -> list[str] | None:
+    if roles.timestamp is None or roles.timestamp not in frame.columns:
+        return None
+    col = frame[roles.timestamp]
+    return ["" if m else str(v) for v, m in zip(col.tolist(), _is_missing(col), strict=True)]
+
+
+def clean_columns(frame: pd.DataFrame, roles: Columns) -> CleanColumns | None:
+    """The chunk as columns when every row is a valid record that the per-row path would
+    decode to exactly these values (features numeric and finite, keys present, timestamps
+    numbers or datetimes in seconds, labels 0/1); None otherwise (the rows then go one by
+    one through the decoder, which dead-letters or repairs what it must).
+
+    >>> f = pd.DataFrame({"ts": [1.0, 2.0], "k": ["a", "b"], "x": [1.5, 2.5]})
+    >>> c = clean_columns(f, Columns(timestamp="ts", key="k", features=("x",)))
+    >>> (c.keys, c.stamps.tolist(), c.values.tolist(), c.labels)
+    (('a', 'b'), [1.0, 2.0], [[1.5], [2.5]], None)
+    >>> clean_columns(f.assign(x=[1.5, None]), Columns(timestamp="ts", key="k",
+    ...                                                features=("x",))) is None
+    True
+    """
+    n = len(frame)
+    if any(f not in frame.columns for f in roles.features):
+        return None
+    cols = [_clean_numbers(frame[f]) for f in roles.features]
+    if any(c is None or not np.isfinite(c).all() for c in cols):
+        return None
+    stamps: Any = np.full(n, np.nan)
+    if roles.timestamp is not None:
+        stamps = _clean_numbers(frame[roles.timestamp]) if roles.timestamp in frame else None
+        if stamps is None or (np.abs(stamps) > MS_THRESHOLD).any():
+            return None  # milliseconds and odd values: the per-row path converts them
+    keys: tuple[str, ...] = ("",) * n
+    if roles.key is not None:
+        if roles.key not in frame or _is_missing(frame[roles.key]).any():
+            return None
+        keys = tuple(map(str, frame[roles.key].tolist()))
+    labels = None
+    if roles.label is not None:
+        lab = _clean_numbers(frame[roles.label]) if roles.label in frame else None
+        if lab is None or not np.isin(lab, (-1.0, 0.0, 1.0)).all():
+            return None
+        labels = lab.astype(np.int64) if (lab >= 0).any() else None
+    present = [c for c in cols if c is not None]
+    values = np.column_stack(present) if present else np.zeros((n, 0))
+    return CleanColumns(tuple(roles.features), np.ascontiguousarray(values, np.float64), keys,
+                        np.asarray(stamps, np.float64), labels)
+
+
+def _clean_numbers(col: pd.Series) -> np.ndarray | None:
+    """A column as float64 exactly as :func:`_field_values` reads it, None when any cell is
+    missing or not a number."""
+    if pd.api.types.is_bool_dtype(col):
+        return None
+    if pd.api.types.is_datetime64_any_dtype(col):
+        if col.isna().any():
+            return None
+        utc = pd.to_datetime(col, utc=True)
+        return np.asarray((utc - pd.Timestamp(0, tz="UTC")).dt.total_seconds(), np.float64)
+    if not pd.api.types.is_numeric_dtype(col) and _is_missing(col).any():
+        return None
+    num = np.asarray(pd.to_numeric(col, errors="coerce"), dtype=np.float64)
+    return None if np.isnan(num).any() else num
 
 
 def _field_values(col: pd.Series) -> list[Any]:

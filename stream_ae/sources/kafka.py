@@ -69,7 +69,10 @@ def consumer_config(kafka: KafkaConfig, max_message_bytes: int | None = None
         # the default 1000 ms backoff stalls a consumer that decodes slower than it fetches
         "fetch.queue.backoff.ms": 10, "allow.auto.create.topics": False,
         # the broker may hold a fetch this long when there is little data: bounds alert latency
-        "fetch.wait.max.ms": 50,
+        # (brokers that do not answer early when data arrives add up to this to every record)
+        "fetch.wait.max.ms": 10,
+        # small fetch and commit requests must not wait for Nagle's algorithm (TCP_NODELAY)
+        "socket.nagle.disable": True,
         **client_config(kafka),
     }
 

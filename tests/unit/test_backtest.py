@@ -55,13 +55,18 @@ def test_one_prediction_per_row_in_input_order(frame: pd.DataFrame,
     assert pred["line"].tolist() == list(range(2, len(frame) + 2))
     assert pred["key"].tolist() == frame["key"].tolist()
     assert pred["label"].tolist() == frame["label"].tolist()
-    assert pred.columns.tolist() == ["line", "timestamp", "key", "score", "threshold",
-                                     "is_anomaly", "warmup", "label", "error"]
+    assert pred.columns.tolist() == ["line", "timestamp", "key", "score", "threshold", "grade",
+                                     "is_anomaly", "warmup", "incident", "label", "error"]
     assert pred["warmup"].iloc[:400].eq(1).all() and pred["warmup"].iloc[400:].eq(0).all()
     assert pred["is_anomaly"].iloc[:400].eq(0).all()
     assert set(pred["is_anomaly"].unique()) <= {0, 1}
     flagged = pred[pred["is_anomaly"] == 1]
-    assert len(flagged) > 0 and (flagged["score"] > flagged["threshold"]).all()
+    # a record above the single-record threshold is flagged; below it, evidence may flag it
+    live = pred[pred["warmup"] == 0]
+    assert (live["score"] <= live["threshold"]).any()
+    assert len(flagged) > 0 and flagged["incident"].ge(0).all()
+    assert (flagged["score"] > flagged["threshold"]).any()
+    assert pred.loc[pred["is_anomaly"] == 0, "grade"].max() < flagged["grade"].max()
 
 
 def test_reports_are_written_beside_the_predictions(csv_run: tuple[pathlib.Path, pd.DataFrame]
@@ -193,3 +198,34 @@ def test_bundled_sample_is_small_and_labelled(tmp_path: pathlib.Path) -> None:
     assert sample.stat().st_size < 1_000_000
     frame = pd.read_csv(sample)
     assert {"key", "ts", "label"} <= set(frame.columns) and frame["label"].sum() > 0
+
+
+def test_parquet_predictions_hold_the_same_rows_as_csv(
+        frame: pd.DataFrame, tmp_path: pathlib.Path,
+        csv_run: tuple[pathlib.Path, pd.DataFrame]) -> None:
+    out = tmp_path / "pred.parquet"
+    run_file_backtest(_settings(), FileInput(_write(frame, tmp_path / "in.csv"), chunk_rows=500),
+                      out, progress=False)
+    pred, want = pd.read_parquet(out), csv_run[1]
+    assert list(pred.columns) == list(want.columns) and len(pred) == len(want)
+    np.testing.assert_array_equal(pred["score"].to_numpy(), want["score"].to_numpy())
+    np.testing.assert_array_equal(pred["line"], want["line"])
+    assert pred["is_anomaly"].tolist() == want["is_anomaly"].tolist()
+    assert out.with_suffix(".html").exists()
+
+
+def test_predictions_keep_bad_rows_and_empty_fields_in_both_formats(
+        frame: pd.DataFrame, tmp_path: pathlib.Path) -> None:
+    path = _write(frame.iloc[:600], tmp_path / "in.csv")
+    lines = path.read_text().splitlines()
+    lines[10] = "dev-00,1735689700,1.0,broken,1,1,1,1,0"
+    path.write_text("\n".join(lines) + "\n")
+    for name in ("p.csv", "p.parquet"):
+        run_file_backtest(_settings(), FileInput(path, chunk_rows=100), tmp_path / name,
+                          progress=False)
+    csv = pd.read_csv(tmp_path / "p.csv")
+    pq = pd.read_parquet(tmp_path / "p.parquet")
+    assert pq["line"].tolist() == csv["line"].tolist() == list(range(2, 602))
+    bad = pq.set_index("line").loc[11]
+    assert np.isnan(bad["score"]) and bad["error"].startswith("non_numeric")
+    assert pd.isna(pq.set_index("line").loc[11, "label"])

@@ -12,7 +12,15 @@ from stream_ae import decode, encode
 from stream_ae.config import RecordFormat
 from stream_ae.decode import Decoder
 from stream_ae.outputs import Decision, EventRecord, message_id
-from stream_ae.records import Alert, DeadLetter, DriftEvent, RawBlock, RawMessage, SourcePosition
+from stream_ae.records import (
+    Alert,
+    DeadLetter,
+    DriftEvent,
+    RawBlock,
+    RawMessage,
+    SensorContribution,
+    SourcePosition,
+)
 from stream_ae.schema import AlertMessage, DecisionMessage, EventMessage
 
 
@@ -84,8 +92,23 @@ def test_concat_and_tail_keep_headers_aligned() -> None:
 
 def _alert() -> Alert:
     pos = SourcePosition("s", 2, 7)
+    top = (SensorContribution("a", 9.0, 1.0, "high", 0.8, 0),
+           SensorContribution("b", math.nan, 1.0, "low", 0.2, 3))
     return Alert(message_id(pos), "k", math.nan, {"a": 1.0, "b": math.inf}, 3.0, 1.0,
-                 (("a", 2.0), ("b", 1.0)), 4, pos, True, 99.0)
+                 top, 4, pos, True, 99.0, grade=0.6, incident_id="s/2/5/incident")
+
+
+def test_encoded_incident_validates_against_the_wire_model() -> None:
+    from stream_ae.records import Incident, IncidentChange
+    from stream_ae.schema import IncidentMessage
+
+    ch = IncidentChange("resolved", "pump", 5, 0, 1.0, 9.0, 0.7, 12, 8,
+                        (("a", 0.75), ("b", 0.25)), "quiet")
+    msg = IncidentMessage.model_validate_json(encode.encode_incident(
+        Incident("s/0/5/incident", ch, SourcePosition("s", 0, 16), 3, 2.0)))
+    assert (msg.status, msg.reason, msg.records, msg.top_sensors[0].name) == (
+        "resolved", "quiet", 12, "a")
+    assert msg.source.offset == 16 and msg.incident_id == "s/0/5/incident"
 
 
 def test_encoded_alert_validates_against_the_wire_model() -> None:

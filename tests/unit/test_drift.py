@@ -76,3 +76,16 @@ def test_adwin_fast_path_matches_the_river_wrapper() -> None:
     hit, used = DriftMonitor("adwin", delta=0.002, history=10_000).update_until(values)
     assert hit is not None and (hit.index, used) == (first, first + 1)
     assert hit.level_after == pytest.approx(plain.estimation)
+
+
+def test_adwin_does_not_import_river_drift_or_scikit_learn() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "from stream_ae.detect.drift import DriftMonitor\n"
+            "DriftMonitor('adwin').update_many(np.zeros(100))\n"
+            "print(sorted(m for m in ('river.drift', 'sklearn', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"

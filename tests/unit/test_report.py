@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from stream_ae.evaluation import EpisodeDelay
 from stream_ae.report import (
@@ -97,3 +98,50 @@ def test_long_series_are_thinned_for_line_plots() -> None:
     thin = _thin(frame)
     assert len(thin) <= MAX_POINTS and thin.index[0] == 0
     assert len(_thin(frame.iloc[:100])) == 100
+
+
+_PEAK_RSS = """
+import resource, sys, pathlib
+import numpy as np
+from stream_ae.backtest.collect import ResultCollector, evaluate_frame
+from stream_ae.report import write_reports
+n, keys, width, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rng = np.random.default_rng(0)
+# one string object per row, as a reader makes them: their size is the input's own
+groups = [("k%d-" % (i % keys)).ljust(width, "x") for i in range(n)]
+score = rng.lognormal(size=n)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+c = ResultCollector(("a",))
+for s in range(0, n, 4096):
+    e = min(n, s + 4096)
+    c.add_rows(groups[s:e], 1.7e9 + np.arange(s, e, dtype=float), score[s:e],
+               np.full(e - s, 4.0), score[s:e] > 4.0, np.zeros(e - s, bool),
+               (score[s:e] > 6.0).astype(np.int64), np.arange(s, e))
+frame = c.frame()
+metrics, delays = evaluate_frame(frame)
+data = c.report_data("t", {}, frame, metrics, delays)
+write_reports(data, pathlib.Path(out) / "r.png", pathlib.Path(out) / "r.html")
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) // 1024, (pathlib.Path(out) / "r.html").stat().st_size // 1024)
+"""
+
+
+@pytest.mark.parametrize(("rows", "keys", "width"), [(50_000, 10_000, 8), (2_000, 5, 100_000)])
+def test_many_or_huge_keys_keep_the_report_bounded(rows: int, keys: int, width: int,
+                                                   tmp_path: pathlib.Path) -> None:
+    """Rows hold group codes, not strings; panels and timeline rows only for the groups with
+    most alerts, names cut short, the other groups summarised: peak memory beyond the input
+    and the page stay small (2,000 rows of 100,000-character keys: 200 MB of input text,
+    which one pandas text column copy would double)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(rows), str(keys), str(width),
+                          str(tmp_path)], capture_output=True, text=True, check=True)
+    grew_mb, html_kb = map(int, out.stdout.split())
+    assert grew_mb < 150, out.stdout
+    assert html_kb < 3_000, out.stdout
+    html = (tmp_path / "r.html").read_text()
+    assert "x" * 100 not in html
+    if keys > 200:
+        assert "more groups not shown" in html

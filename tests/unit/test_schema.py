@@ -16,8 +16,9 @@ def test_alert_schema_lists_the_contract_fields() -> None:
     schema = alert_json_schema()
     assert set(schema["required"]) >= {"alert_id", "source", "key", "features", "score",
                                        "threshold", "top_features", "context",
-                                       "model_version", "detected_at"}
-    assert schema["properties"]["schema_version"]["const"] == "1"
+                                       "model_version", "detected_at", "grade",
+                                       "incident_id"}
+    assert schema["properties"]["schema_version"]["const"] == "2"
 
 
 def test_unknown_fields_are_rejected() -> None:
@@ -31,6 +32,6 @@ def test_schema_alert_command_prints_the_schema() -> None:
     assert json.loads(result.output) == alert_json_schema()
 
 
-@pytest.mark.parametrize("name", ["alert", "event", "decision"])
+@pytest.mark.parametrize("name", ["alert", "incident", "event", "decision"])
 def test_every_message_has_a_versioned_schema(name: str) -> None:
     assert "schema_version" in json_schema(name)["properties"]

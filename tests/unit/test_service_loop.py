@@ -164,7 +164,8 @@ def test_feature_names_inferred_and_persisted(tmp_path: pathlib.Path) -> None:
 
 def test_partial_batch_waits_for_max_wait_then_is_processed(tmp_path: pathlib.Path) -> None:
     clock = FixedClock(100.0)
-    settings = small_settings(tmp_path, batching={"max_records": 1000, "max_wait_ms": 200},
+    settings = small_settings(tmp_path, batching={"max_records": 1000, "max_wait_ms": 200,
+                                                  "adaptive": False},
                               checkpoint={"directory": str(tmp_path / "c"), "interval_s": 5.0,
                                           "interval_records": 10**6})
     msgs = [orjson.dumps({"a": 1.0, "b": 2.0, "c": 3.0})] * 50
@@ -189,6 +190,39 @@ def test_partial_batch_waits_for_max_wait_then_is_processed(tmp_path: pathlib.Pa
         r.cycle()  # polls a new partial batch; the time-based checkpoint covers what is done
         checkpoint = store.load(*TP0)
     assert checkpoint.position == 31 and sink.offsets == {TP0: 31}
+
+
+def test_adaptive_batch_goes_when_nothing_more_is_fetched(tmp_path: pathlib.Path) -> None:
+    """Slow input (the source has 10 records fetched at a time): each batch is what was
+    there, processed in the same cycle, without waiting for max_wait_ms."""
+    clock = FixedClock(100.0)
+    settings = small_settings(tmp_path, batching={"max_records": 1000, "max_wait_ms": 200})
+    msgs = [orjson.dumps({"a": 1.0, "b": 2.0, "c": 3.0})] * 50
+    src = MemoryGroupSource({TP0: msgs}, max_per_poll=10)
+    sink = MemorySink(src.committer())
+    r = make(settings, src, sink, RULES, clock=clock)
+    with capture_logs():
+        r.open()
+        r.cycle()  # 1 record, then the 10 already fetched: drained, so due now
+        assert sink.offsets == {TP0: 11} and sink.commits == 1
+        r.cycle()
+        assert sink.offsets == {TP0: 22} and sink.commits == 2
+
+
+def test_adaptive_batches_fill_up_under_load(tmp_path: pathlib.Path) -> None:
+    """Fast input (more fetched than a batch takes): batches of max_records."""
+    settings = small_settings(tmp_path, batching={"max_records": 20, "max_wait_ms": 200})
+    msgs = [orjson.dumps({"a": 1.0, "b": 2.0, "c": 3.0})] * 50
+    src = MemoryGroupSource({TP0: msgs}, max_per_poll=1000)
+    sink = MemorySink(src.committer())
+    r = make(settings, src, sink, RULES, clock=FixedClock(100.0))
+    with capture_logs():
+        r.open()
+        r.cycle()
+        assert sink.offsets == {TP0: 20}
+        r.cycle()
+        assert sink.offsets == {TP0: 40}
+    assert [d.end - d.start for d in sink.decisions] == [20, 20]
 
 
 def test_service_starts_over_after_a_kafka_failure(tmp_path: pathlib.Path) -> None:
