@@ -126,8 +126,8 @@ class Engine:
     >>> eng = Engine(cfg, ["a", "b"])
     >>> rng = np.random.default_rng(0)
     >>> res = eng.step(Batch.from_arrays(rng.normal(size=(300, 2))))
-    >>> (int(res.warmup.sum()), eng.records_seen, eng.feature_names)
-    (200, 300, ('a', 'b'))
+    >>> (int(res.warmup.sum()), eng.records_seen, eng.feature_names[:3], eng.lags)
+    (200, 300, ('a', 'b', 'a_lag1'), 8)
     >>> eng2 = Engine.restore(eng.snapshot())
     >>> x = Batch.from_arrays(rng.normal(size=(50, 2)))
     >>> bool(np.array_equal(eng.step(x).scores, eng2.step(x).scores))
@@ -184,6 +184,8 @@ class Engine:
         for r, _ in rejected:
             out.thresholds[r] = self._thr.value
             out.versions[r] = self._model.n_steps
+        out.events.sort(key=lambda e: e.record_index)  # a drift ends a chunk before its
+        # decisions are made: order by record, whatever the chunks
         recent = self._drift_recent(out)
         self._records_seen += len(batch)
         return StepResult(

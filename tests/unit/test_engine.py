@@ -362,7 +362,8 @@ def test_pca_warmup_fit_replaces_the_epochs_and_fits_the_subspace(data: Batch) -
     res = eng.step(data.slice(0, 100))
     assert eng.model_version < 100  # the ramped learning steps only, no warm-up epochs
     epochs = small_config(lags=1).model_copy(update={
-        "model": ModelConfig(hidden=(), bottleneck=2, seed=3)})
+        "model": ModelConfig(hidden=(), bottleneck=2, seed=3),
+        "training": pca_config().training.model_copy(update={"warmup_fit": "epochs"})})
     eng_e = Engine(epochs, NAMES)
     eng_e.step(data.slice(0, 100))
     assert eng_e.model_version > eng.model_version

@@ -29,7 +29,9 @@ def small_settings(tmp: pathlib.Path, max_records: int = 64, **kw: object) -> Se
                    "model": {"hidden": [8], "bottleneck": 2},
                    "training": {"warmup": 100, "window": 128, "batch_size": 64, "stride": 32,
                                 "warmup_epochs": 3},
-                   "threshold": {"window": 100, "q": 0.97}},
+                   "threshold": {"window": 100, "q": 0.97},
+                   "decision": {"false_alarm_rate": 1e-2, "min_scores": 20,
+                                "key_min_records": 10}},
         "batching": {"max_records": max_records, "max_wait_ms": 50},
         "checkpoint": {"directory": str(tmp / "ckpt"), "interval_records": 150, "keep": 2},
     }
@@ -82,7 +84,8 @@ def test_alerts_equal_offline_engine_flags(tmp_path: pathlib.Path) -> None:
     assert a.alert_id == f"s/0/{expected[0]}"
     assert a.features == pytest.approx(dict(zip(NAMES, x[expected[0]].tolist(), strict=False)))
     assert a.key == f"k{expected[0] % 3}" and a.timestamp == 1000.0 + expected[0]
-    assert a.score > a.threshold and len(a.top_features) == 3
+    assert len(a.top_features) == 3 and a.incident_id == f"s/0/{expected[0]}/incident"
+    assert {t.name for t in a.top_features} == set(NAMES) and 0 < a.grade <= 1
 
 
 def test_every_offset_gets_one_decision_and_bad_input_is_dead_lettered(
