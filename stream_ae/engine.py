@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -28,11 +28,11 @@ import structlog
 from pydantic import ValidationError
 
 from stream_ae import snapshot as snap
-from stream_ae.config import EngineConfig
+from stream_ae.config import EngineConfig, learned_state_diff
 from stream_ae.detect.decide import DecisionLayer
 from stream_ae.detect.drift import DriftMonitor
 from stream_ae.detect.threshold import RollingQuantileThreshold
-from stream_ae.errors import ConfigError, SnapshotError
+from stream_ae.errors import ConfigError, ConfigMismatchError, SnapshotError
 from stream_ae.model.online import OnlineAutoencoder, RunningScaler
 from stream_ae.records import (
     Batch,
@@ -228,23 +228,19 @@ class Engine:
 
     @classmethod
     def restore(cls, blob: bytes, config: EngineConfig | None = None) -> Engine:
-        """An engine from :meth:`snapshot` bytes. ``SnapshotError`` when the bytes are not a
-        valid snapshot, or (with ``config``) were taken under another configuration."""
+        """An engine from :meth:`snapshot` bytes, under the stored configuration or (given
+        ``config``) under ``config``: settings that are not learned state take its values;
+        ``ConfigMismatchError`` names the learned-state ones it contradicts
+        (``stream_ae.config.learned_state_diff``). ``SnapshotError`` when the bytes are not
+        a valid snapshot."""
         tree, blobs = snap.decode(blob)
-        if tree.get("schema") != STATE_SCHEMA:
-            raise SnapshotError(f"engine state schema {tree.get('schema')!r}, "
-                                f"this build reads {STATE_SCHEMA}")
-        try:
-            stored = EngineConfig.model_validate(tree["config"])
-            names = [str(n) for n in tree["raw_feature_names"]]
-        except (ValidationError, KeyError, TypeError) as exc:
-            raise SnapshotError(f"snapshot config is not valid: {exc}") from exc
-        if config is not None and config != stored:
-            raise SnapshotError("snapshot was taken under a different engine configuration")
-        eng = cls(stored, names)
+        stored, names = stored_config(tree)
+        eng = cls(stored if config is None else _continuing(stored, names, config), names)
         if tree.get("built"):
             eng._build()
             eng._load_state(tree, blobs)
+            if eng.config.threshold != stored.threshold:
+                eng._thr.refresh()  # the new decision settings apply from the first record
         return eng
 
     # ------------------------------------------------------------------ build / checks
@@ -561,3 +557,42 @@ class Engine:
                 raise SnapshotError(f"stored records have the wrong width (expected {n_in})")
         if self._scaler.get_state()["mean"].shape != (n_in,):
             raise SnapshotError("stored scaler has the wrong width")
+
+
+def restore_under(blob: bytes, config: EngineConfig,
+                  on_mismatch: Literal["fail", "reset", "keep_stored"] = "fail") -> Engine:
+    """``Engine.restore(blob, config)``; when the stored learned state contradicts
+    ``config``, 'keep_stored' keeps the snapshot's own configuration (logged), otherwise
+    ``ConfigMismatchError`` propagates ('reset' is the caller's decision: a fresh engine)."""
+    try:
+        return Engine.restore(blob, config)
+    except ConfigMismatchError as exc:
+        if on_mismatch != "keep_stored":
+            raise
+        log.warning("checkpoint_config_mismatch", fields=list(exc.fields), action="keep_stored")
+        return Engine.restore(blob)
+
+
+def stored_config(tree: dict[str, Any]) -> tuple[EngineConfig, list[str]]:
+    """The engine configuration and raw feature names a decoded snapshot tree was taken with."""
+    if tree.get("schema") != STATE_SCHEMA:
+        raise SnapshotError(f"engine state schema {tree.get('schema')!r}, "
+                            f"this build reads {STATE_SCHEMA}")
+    try:
+        return (EngineConfig.model_validate(tree["config"]),
+                [str(n) for n in tree["raw_feature_names"]])
+    except (ValidationError, KeyError, TypeError) as exc:
+        raise SnapshotError(f"snapshot config is not valid: {exc}") from exc
+
+
+def _continuing(stored: EngineConfig, names: Sequence[str], config: EngineConfig
+                ) -> EngineConfig:
+    """``config`` for a restored engine, or ``ConfigMismatchError`` naming what contradicts
+    the stored state. Feature names inferred from the data count as the stored names."""
+    if not stored.features.names:
+        stored = stored.model_copy(update={"features": stored.features.model_copy(
+            update={"names": tuple(names)})})
+    fields = learned_state_diff(stored, config)
+    if fields:
+        raise ConfigMismatchError(fields)
+    return config
