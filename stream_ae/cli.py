@@ -281,17 +281,21 @@ def schema_alert() -> None:
 
 @checkpoint_app.command("inspect")
 def checkpoint_inspect(
-    path: Annotated[pathlib.Path, typer.Argument(help="A checkpoint file or directory.")],
+    path: Annotated[Optional[pathlib.Path], typer.Argument(  # noqa: UP045 - typer
+        help="A checkpoint file or directory; omit to read the store --config selects.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
-    """Summarise checkpoints (position, size, validity, feature names) as JSON lines."""
+    """Summarise checkpoints (position, size, validity, feature names) as JSON lines; with
+    --config, each one's stored engine settings beside the configured ones (config_diff,
+    learned_state_mismatch, on_restart)."""
     import json
 
-    from stream_ae.checkpoint import summarise
-    from stream_ae.errors import SnapshotError
+    from stream_ae.checkpoint.base import inspect_rows
+    from stream_ae.errors import StreamAEError
 
     try:
-        rows = summarise(path)
-    except SnapshotError as exc:
+        rows = inspect_rows(_settings(config) if config else None, path)
+    except StreamAEError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from exc
     for row in rows:

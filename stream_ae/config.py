@@ -156,7 +156,12 @@ class DriftConfig(_Frozen):
     """River drift detector on the score stream, and what to do when it fires."""
 
     detector: Literal["adwin", "page_hinkley", "kswin", "none"] = "adwin"
-    delta: float = Field(default=0.002, gt=0.0, description="ADWIN delta / PH threshold scale.")
+    delta: float = Field(default=1e-5, gt=0.0, description="ADWIN delta / PH threshold scale "
+                         "(smaller: fewer, surer detections).")
+    min_ratio: float = Field(default=2.0, ge=1.0, description="A report-only detection becomes "
+                             "a drift event only when the error level rose at least this "
+                             "factor (a lasting rise of the error stream; falls and small "
+                             "rises only restart the detector).")
     lr_boost: float = Field(default=1.0, ge=1.0, description="Learning-rate factor after drift "
                             "(1 and no re-warm: the detector only reports drift events).")
     boost_steps: int = Field(default=20, ge=0, description="Learning steps the boost lasts.")
@@ -241,6 +246,62 @@ class EngineConfig(_Frozen):
     regime: RegimeConfig = RegimeConfig()
 
 
+# Engine settings that shape the learned state (buffer sizes, model and feature layout,
+# optimiser state): a checkpoint taken under other values cannot continue under these. Every
+# other engine setting (threshold decision, drift response, regime policy, learning rates of
+# future steps...) only acts on records still to come and applies on restart.
+LEARNED_STATE: tuple[str, ...] = (
+    "features.*", "model.*",
+    "training.window", "training.stride", "training.warmup", "training.scaler_memory",
+    "threshold.window", "drift.detector", "drift.history", "decision.calibration_window",
+    "regime.after_records",
+)
+
+
+def config_diff(a: BaseModel, b: BaseModel) -> dict[str, tuple[Any, Any]]:
+    """Leaf settings that differ between two configs: ``{dotted path: (a's, b's)}``.
+
+    >>> config_diff(ThresholdConfig(q=0.9), ThresholdConfig(q=0.99))
+    {'q': (0.9, 0.99)}
+    """
+    flat_a, flat_b = _flatten(a.model_dump(mode="json")), _flatten(b.model_dump(mode="json"))
+    return {k: (flat_a.get(k), flat_b.get(k)) for k in sorted(flat_a.keys() | flat_b.keys())
+            if flat_a.get(k) != flat_b.get(k)}
+
+
+def learned_state_diff(stored: EngineConfig, current: EngineConfig) -> tuple[str, ...]:
+    """The learned-state settings (``LEARNED_STATE``) where ``current`` contradicts the
+    configuration a snapshot was taken under; empty when the snapshot can continue under
+    ``current``. Empty ``features.names`` in ``current`` means "whatever the data has" and
+    contradicts nothing.
+
+    >>> stored = EngineConfig(features=FeaturesConfig(names=("a", "b")))
+    >>> learned_state_diff(stored, EngineConfig(threshold=ThresholdConfig(q=0.9)))
+    ()
+    >>> learned_state_diff(stored, EngineConfig(features=FeaturesConfig(lags=2),
+    ...                                         training=TrainingConfig(window=64, batch_size=8)))
+    ('features.lags', 'training.window')
+    """
+    if not current.features.names:
+        current = current.model_copy(update={"features": current.features.model_copy(
+            update={"names": stored.features.names})})
+    return tuple(k for k in config_diff(stored, current) if _is_learned(k))
+
+
+def _is_learned(path: str) -> bool:
+    return any(path == rule or (rule.endswith(".*") and path.startswith(rule[:-1]))
+               for rule in LEARNED_STATE)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out |= _flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v}
+    return out
+
+
 # --------------------------------------------------------------------------- I/O
 class RecordFormat(_Frozen):
     """How a JSON message maps to a record."""
@@ -323,13 +384,73 @@ class BatchingConfig(_Frozen):
                            "for max_records or max_wait_ms.")
 
 
+class KafkaStoreConfig(_Frozen):
+    """The ``kafka`` checkpoint store: a compacted changelog topic per input topic."""
+
+    topic: str = Field(default="{group_id}-{topic}-checkpoints", description="Changelog topic "
+                       "name; `{group_id}` and `{topic}` (the input topic) are filled in. It has "
+                       "as many partitions as the input topic (created with "
+                       "cleanup.policy=compact when missing): input partition p's state is in "
+                       "changelog partition p.")
+    chunk_bytes: int = Field(default=512 * 1024, ge=1024, le=4 * 1024 * 1024,
+                             description="Largest changelog record: bigger snapshots are split "
+                             "into chunks of this size (keep it below the broker's "
+                             "message.max.bytes, 1 MiB by default).")
+    replication_factor: int = Field(default=-1, ge=-1, description="Replication factor of a "
+                                    "changelog topic the service creates; -1: the broker's "
+                                    "default.")
+    timeout_s: float = Field(default=60.0, gt=0.0, description="Longest wait to read a "
+                             "changelog partition to its end or to write a checkpoint.")
+
+
+class S3StoreConfig(_Frozen):
+    """The ``s3`` checkpoint store: one object per checkpoint in an S3-compatible bucket.
+
+    Credentials come from the usual AWS chain (``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY`` environment variables, a web identity token, an instance role).
+    """
+
+    bucket: str | None = Field(default=None, description="Bucket name (required for the s3 "
+                               "store).")
+    prefix: str = Field(default="stream-ae/", description="Key prefix: objects are "
+                        "`<prefix><topic>/<partition>/ckpt-<seq>.bin`.")
+    endpoint_url: str | None = Field(default=None, description="S3 API endpoint (MinIO, Ceph, "
+                                     "a cloud's S3-compatible service); null: AWS.")
+    region: str | None = Field(default=None, description="Region; null: the AWS default chain.")
+
+
 class CheckpointConfig(_Frozen):
     """Periodic atomic snapshots of every partition's engine and position."""
 
-    directory: pathlib.Path = pathlib.Path("checkpoints")
+    store: Literal["directory", "kafka", "s3"] = Field(default="directory", description="Where "
+                                                        "checkpoints live. 'directory': files "
+                                                        "under `directory` (scale-out needs it "
+                                                        "shared by every instance); 'kafka': a "
+                                                        "compacted changelog topic (state moves "
+                                                        "with the partition); 's3': an "
+                                                        "S3-compatible bucket.")
+    directory: pathlib.Path = Field(default=pathlib.Path("checkpoints"), description="Root of "
+                                    "the directory store.")
     interval_s: float = Field(default=60.0, gt=0.0)
     interval_records: int = Field(default=100_000, ge=1)
-    keep: int = Field(default=3, ge=1)
+    keep: int = Field(default=3, ge=1, description="Checkpoints (generations) kept per "
+                      "partition; older ones are deleted (kafka: tombstoned).")
+    on_config_mismatch: Literal["fail", "reset", "keep_stored"] = Field(
+        default="fail", description="When the configured engine contradicts a checkpoint's "
+        "learned state (features, model, training window...; see "
+        "`stream_ae.config.learned_state_diff`): 'fail' stops the service with an error naming "
+        "the fields; 'reset' drops the stored state (a fresh engine from the committed offset); "
+        "'keep_stored' keeps running under the checkpoint's engine configuration. Settings "
+        "that are not learned state (thresholds, drift response...) always take the new "
+        "values.")
+    kafka: KafkaStoreConfig = KafkaStoreConfig()
+    s3: S3StoreConfig = S3StoreConfig()
+
+    @model_validator(mode="after")
+    def _store_settings(self) -> CheckpointConfig:
+        if self.store == "s3" and not self.s3.bucket:
+            raise ValueError("checkpoint.store 's3' needs checkpoint.s3.bucket")
+        return self
 
 
 class MetricsConfig(_Frozen):

@@ -154,9 +154,9 @@ class Decoder:
             values32 = c.values.astype(np.float32)
         if self.missing == "reject" and not np.isfinite(values32).all():
             return None
-        batch = Batch(c.keys, c.stamps, values32, c.labels)
-        return Decoded(batch, np.asarray(block.offsets, dtype=np.int64), (), self.names,
-                       c.values)
+        offsets = np.asarray(block.offsets, dtype=np.int64)
+        batch = Batch(c.keys, c.stamps, values32, c.labels, offsets)
+        return Decoded(batch, offsets, (), self.names, c.values)
 
     def _fast_path(self) -> Callable[[RawValue], tuple[Sequence[Any], str, float, int] | None]:
         loads, max_bytes = orjson.loads, self.fmt.max_message_bytes

@@ -21,7 +21,7 @@ import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -29,11 +29,11 @@ import structlog
 from pydantic import ValidationError
 
 from stream_ae import snapshot as snap
-from stream_ae.config import EngineConfig
+from stream_ae.config import EngineConfig, learned_state_diff
 from stream_ae.detect.decide import DecisionLayer
 from stream_ae.detect.drift import DriftMonitor
 from stream_ae.detect.threshold import RollingQuantileThreshold
-from stream_ae.errors import ConfigError, SnapshotError
+from stream_ae.errors import ConfigError, ConfigMismatchError, SnapshotError
 from stream_ae.model.online import OnlineAutoencoder, RunningScaler
 from stream_ae.records import (
     Batch,
@@ -127,8 +127,8 @@ class Engine:
     >>> eng = Engine(cfg, ["a", "b"])
     >>> rng = np.random.default_rng(0)
     >>> res = eng.step(Batch.from_arrays(rng.normal(size=(300, 2))))
-    >>> (int(res.warmup.sum()), eng.records_seen, eng.feature_names)
-    (200, 300, ('a', 'b'))
+    >>> (int(res.warmup.sum()), eng.records_seen, eng.feature_names[:3], eng.lags)
+    (200, 300, ('a', 'b', 'a_lag1'), 8)
     >>> eng2 = Engine.restore(eng.snapshot())
     >>> x = Batch.from_arrays(rng.normal(size=(50, 2)))
     >>> bool(np.array_equal(eng.step(x).scores, eng2.step(x).scores))
@@ -185,6 +185,8 @@ class Engine:
         for r, _ in rejected:
             out.thresholds[r] = self._thr.value
             out.versions[r] = self._model.n_steps
+        out.events.sort(key=lambda e: e.record_index)  # a drift ends a chunk before its
+        # decisions are made: order by record, whatever the chunks
         recent = self._drift_recent(out)
         self._records_seen += len(batch)
         return StepResult(
@@ -227,23 +229,19 @@ class Engine:
 
     @classmethod
     def restore(cls, blob: bytes, config: EngineConfig | None = None) -> Engine:
-        """An engine from :meth:`snapshot` bytes. ``SnapshotError`` when the bytes are not a
-        valid snapshot, or (with ``config``) were taken under another configuration."""
+        """An engine from :meth:`snapshot` bytes, under the stored configuration or (given
+        ``config``) under ``config``: settings that are not learned state take its values;
+        ``ConfigMismatchError`` names the learned-state ones it contradicts
+        (``stream_ae.config.learned_state_diff``). ``SnapshotError`` when the bytes are not
+        a valid snapshot."""
         tree, blobs = snap.decode(blob)
-        if tree.get("schema") != STATE_SCHEMA:
-            raise SnapshotError(f"engine state schema {tree.get('schema')!r}, "
-                                f"this build reads {STATE_SCHEMA}")
-        try:
-            stored = EngineConfig.model_validate(tree["config"])
-            names = [str(n) for n in tree["raw_feature_names"]]
-        except (ValidationError, KeyError, TypeError) as exc:
-            raise SnapshotError(f"snapshot config is not valid: {exc}") from exc
-        if config is not None and config != stored:
-            raise SnapshotError("snapshot was taken under a different engine configuration")
-        eng = cls(stored, names)
+        stored, names = stored_config(tree)
+        eng = cls(stored if config is None else _continuing(stored, names, config), names)
         if tree.get("built"):
             eng._build()
             eng._load_state(tree, blobs)
+            if eng.config.threshold != stored.threshold:
+                eng._thr.refresh()  # the new decision settings apply from the first record
         return eng
 
     # ------------------------------------------------------------------ build / checks
@@ -365,6 +363,10 @@ class Engine:
         levels = (math.exp(hit.level_before), math.exp(hit.level_after))
         if d.report_only:
             action = "report"  # the defaults: learning goes on as scheduled
+            if levels[1] < d.min_ratio * levels[0]:
+                # the error level fell, or rose a little (the model improving, a daily
+                # cycle, the end of an anomaly): the detector restarts, nobody is told
+                return used
         else:
             action = "lr_boost" + ("+rewarm_threshold" if d.rewarm_threshold else "")
         ev = out.event("drift", d.detector, int(rows[hit.index]), levels, action)
@@ -589,3 +591,42 @@ class Engine:
         twin._drift = None
         twin._next_boundary = twin._n_scored + len(batch) + 1  # no boundary: no learning
         return twin.step(batch)
+
+
+def restore_under(blob: bytes, config: EngineConfig,
+                  on_mismatch: Literal["fail", "reset", "keep_stored"] = "fail") -> Engine:
+    """``Engine.restore(blob, config)``; when the stored learned state contradicts
+    ``config``, 'keep_stored' keeps the snapshot's own configuration (logged), otherwise
+    ``ConfigMismatchError`` propagates ('reset' is the caller's decision: a fresh engine)."""
+    try:
+        return Engine.restore(blob, config)
+    except ConfigMismatchError as exc:
+        if on_mismatch != "keep_stored":
+            raise
+        log.warning("checkpoint_config_mismatch", fields=list(exc.fields), action="keep_stored")
+        return Engine.restore(blob)
+
+
+def stored_config(tree: dict[str, Any]) -> tuple[EngineConfig, list[str]]:
+    """The engine configuration and raw feature names a decoded snapshot tree was taken with."""
+    if tree.get("schema") != STATE_SCHEMA:
+        raise SnapshotError(f"engine state schema {tree.get('schema')!r}, "
+                            f"this build reads {STATE_SCHEMA}")
+    try:
+        return (EngineConfig.model_validate(tree["config"]),
+                [str(n) for n in tree["raw_feature_names"]])
+    except (ValidationError, KeyError, TypeError) as exc:
+        raise SnapshotError(f"snapshot config is not valid: {exc}") from exc
+
+
+def _continuing(stored: EngineConfig, names: Sequence[str], config: EngineConfig
+                ) -> EngineConfig:
+    """``config`` for a restored engine, or ``ConfigMismatchError`` naming what contradicts
+    the stored state. Feature names inferred from the data count as the stored names."""
+    if not stored.features.names:
+        stored = stored.model_copy(update={"features": stored.features.model_copy(
+            update={"names": tuple(names)})})
+    fields = learned_state_diff(stored, config)
+    if fields:
+        raise ConfigMismatchError(fields)
+    return config

@@ -4,9 +4,11 @@
 
     StreamAEError
     ├── ConfigError            invalid or inconsistent configuration
+    │   └── ConfigMismatchError a checkpoint's learned state contradicts the config (``fields``)
     ├── DecodeError            a message that cannot become a record (carries ``reason``)
     ├── SnapshotError          a snapshot/checkpoint that cannot be read or does not fit
     │   └── CheckpointNotFound no usable checkpoint in the store
+    ├── StoreError             the checkpoint store cannot be reached or written
     ├── SourceError            the input side failed (wraps confluent_kafka / file errors)
     │   ├── InputFileError     an input file that cannot be read (missing, unreadable, bad format)
     │   └── BrokerUnreachable  the Kafka cluster did not answer a metadata request
@@ -29,6 +31,21 @@ class ConfigError(StreamAEError):
     """Invalid or inconsistent configuration."""
 
 
+class ConfigMismatchError(ConfigError):
+    """A checkpoint's learned state contradicts the configured engine.
+
+    ``fields`` are the dotted settings (e.g. ``"features.lags"``) whose stored and
+    configured values differ; ``checkpoint.on_config_mismatch`` decides what happens.
+    """
+
+    def __init__(self, fields: tuple[str, ...], detail: str = "") -> None:
+        super().__init__(
+            f"the checkpoint's learned state was built under other values of {', '.join(fields)}"
+            f"{': ' + detail if detail else ''} (set checkpoint.on_config_mismatch to 'reset' "
+            "to start these partitions afresh, or 'keep_stored' to keep the stored settings)")
+        self.fields = fields
+
+
 class DecodeError(StreamAEError):
     """A message that cannot become a record.
 
@@ -48,6 +65,10 @@ class SnapshotError(StreamAEError):
 
 class CheckpointNotFound(SnapshotError):
     """No usable checkpoint in the store."""
+
+
+class StoreError(StreamAEError):
+    """The checkpoint store (directory, Kafka changelog, S3 bucket) cannot be read or written."""
 
 
 class SourceError(StreamAEError):

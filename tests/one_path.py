@@ -25,7 +25,8 @@ def small_settings(tmp: pathlib.Path) -> Settings:
         "features": {"names": list(NAMES), "lags": 2},
         "training": {"warmup": 300, "window": 256, "batch_size": 128, "stride": 64,
                      "warmup_epochs": 5},
-        "threshold": {"window": 300, "q": 0.98}},
+        "threshold": {"window": 300, "q": 0.98},
+        "decision": {"false_alarm_rate": 1e-3, "min_scores": 50, "key_min_records": 20}},
         batching={"max_records": 97, "max_wait_ms": 10},
         checkpoint={"directory": str(tmp / "ckpt")})
 
@@ -47,8 +48,10 @@ def service_decisions(settings: Settings, msgs: list[bytes]) -> tuple[dict, dict
     sink = MemorySink(src.committer())
     with capture_logs():
         build_loop(settings, src, sink, engine_factory(settings)).run_until_idle()
-    alerts = {a.position.offset: (a.key, a.timestamp, a.score, a.threshold, a.top_features,
-                                  dict(a.features)) for a in sink.alerts if a.position}
+    alerts = {a.position.offset: (
+        a.key, a.timestamp, a.score, a.threshold, a.grade, int(a.incident_id.split("/")[-2]),
+        tuple((t.name, t.observed, t.expected, t.direction, t.share, t.lag)
+              for t in a.top_features), dict(a.features)) for a in sink.alerts if a.position}
     dead = {d.original.position.offset: (d.reason, d.detail, d.original.value)
             for d in sink.dead_letters}
     return alerts, dead
@@ -62,8 +65,10 @@ def replay_decisions(alert_lines: list[bytes], pred: pd.DataFrame, base: int
     for line in alert_lines:
         a = orjson.loads(line)
         got[a["source"]["offset"] - base] = (
-            a["key"], a["event_time"], a["score"], a["threshold"],
-            tuple((t["name"], t["error"]) for t in a["top_features"]), a["features"])
+            a["key"], a["event_time"], a["score"], a["threshold"], a["grade"],
+            int(a["incident_id"].split("/")[-2]) - base,
+            tuple((t["name"], t["observed"], t["expected"], t["direction"], t["share"],
+                   t["lag"]) for t in a["top_features"]), a["features"])
     order = "line" if "line" in pred else "offset"
     errors = {int(getattr(r, order)) - base: r.error for r in pred.itertuples() if r.error}
     return got, errors

@@ -127,7 +127,13 @@ def service_config(bootstrap: str, opts: DemoOptions, sensors: tuple[str, ...]
                                 "batch_size": 1024, "warmup_epochs": 30},
                    "threshold": {"window": 3000, "q": 0.995},
                    # a less jumpy ADWIN: the daily cycle moves the score level all the time
-                   "drift": {"delta": 1e-5}},
+                   "drift": {"delta": 1e-5},
+                   # a day per minute and about 1 % anomalous records: a looser budget than
+                   # the default 3e-5 (at 1 Hz a day holds 86,400 records; here 10,000)
+                   "decision": {"false_alarm_rate": 1e-4},
+                   # ... and a new normal (the injected drift) is accepted after 120 records
+                   # of a device, where a plant would wait ten minutes
+                   "regime": {"after_records": 120}},
         "record": {"label_field": "label"},
         "kafka": {"bootstrap_servers": bootstrap, "group_id": "stream-ae-demo",
                   "input_topics": [TOPICS["sensors"]], "alerts_topic": TOPICS["alerts"],

@@ -176,7 +176,7 @@ class TopicInput:
 def _restored(settings: Settings, inp: TopicInput
               ) -> tuple[dict[int, Detector], tuple[str, ...] | None, dict[int, int] | None]:
     """Engines, feature names and start offsets from ``--from-checkpoint`` (file or store)."""
-    from stream_ae.engine import Engine
+    from stream_ae.engine import restore_under
 
     if inp.from_checkpoint is None:
         return {}, None, None
@@ -192,11 +192,9 @@ def _restored(settings: Settings, inp: TopicInput
     engines: dict[int, Detector] = {}
     for c in ckpts:
         if c.engine is not None:
-            eng = engines[c.partition] = Engine.restore(c.engine)
-            if eng.config != settings.engine:
-                log.warning("checkpoint_config_differs", partition=c.partition,
-                            detail="the restored engines keep the configuration they were "
-                                   "saved with")
+            # a candidate's decision settings apply; learned-state changes follow the policy
+            engines[c.partition] = restore_under(c.engine, settings.engine,
+                                                 settings.checkpoint.on_config_mismatch)
     offsets = {c.partition: c.position for c in ckpts} if inp.start.kind == "beginning" else None
     log.info("backtest_from_checkpoint", path=str(path), partitions=sorted(engines),
              start_offsets=offsets)

@@ -148,6 +148,12 @@ class RollingQuantileThreshold:
         self.update(scores)
         self._primed = True
 
+    def refresh(self) -> None:
+        """Recompute the threshold from the window under the current settings (a restored
+        threshold whose decision settings changed)."""
+        if self._count:
+            self._value = self._compute()
+
     def reset(self) -> None:
         """Forget every score (the threshold is cold again)."""
         self._primed = False

@@ -107,8 +107,9 @@ class ServiceLoop:
             self.close()
 
     def open(self) -> None:
-        """Open the sink and the source (assignments may arrive now)."""
+        """Open the sink, the checkpoint store and the source (assignments may arrive now)."""
         self.sink.open()
+        self.restorer.store.open()
         self.source.open()
         self._apply(self.source.take_changes())
 
@@ -119,6 +120,7 @@ class ServiceLoop:
             self._apply(self.source.take_changes())  # checkpoints what is clean
         finally:
             self.sink.close()
+            self.restorer.store.close()
             if self.health is not None:
                 self.health.ready = False
             log.info("runner_stopped")
@@ -209,6 +211,7 @@ class ServiceLoop:
         for part in stepped:
             if self.restorer.due(part):
                 self.restorer.save(part)
+        self._update_ready()
         if self.health is not None:  # a replay of what was processed before is not progress
             self.health.progress(self.positions())
         if self.metrics is not None:
@@ -245,10 +248,15 @@ class ServiceLoop:
                 for part in self.restorer.take(change.partitions):
                     self._parts[part.tp] = part
                     self._committed[part.tp] = part.publish_from
-                if self.health is not None:
-                    self.health.ready = True
             elif isinstance(change, Revoked | Lost):
                 self._drop(change.partitions, checkpoint=isinstance(change, Revoked))
+            self._update_ready()
+
+    def _update_ready(self) -> None:
+        """Ready once assigned and no partition is catching up (replaying up to its committed
+        offset without publishing): until then its alerts are not live."""
+        if self.health is not None:
+            self.health.ready = not any(p.catching_up for p in self._parts.values())
 
     def _drop(self, partitions: tuple[TP, ...], checkpoint: bool) -> None:
         gone = set(partitions)

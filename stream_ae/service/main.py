@@ -15,10 +15,10 @@ from types import FrameType
 
 import structlog
 
-from stream_ae.checkpoint import CheckpointStore
+from stream_ae.checkpoint.base import build_store
 from stream_ae.config import Settings, producer_max_bytes
 from stream_ae.decode import FeatureSchema
-from stream_ae.errors import FencedError, GaveUpError, SinkError, SourceError
+from stream_ae.errors import FencedError, GaveUpError, SinkError, SourceError, StoreError
 from stream_ae.metrics import Health, ServiceMetrics
 from stream_ae.processor import Detector, MakeEngine
 from stream_ae.records import Batch
@@ -43,16 +43,15 @@ BuildLoop = Callable[[Settings, ServiceMetrics | None, Health | None, EngineFact
 
 def engine_factory(settings: Settings) -> EngineFactory:
     """Build and restore real engines (imported lazily: the engine pulls in torch)."""
-    from stream_ae.engine import Engine
+    from stream_ae.engine import Engine, restore_under
 
     def make(names: Sequence[str]) -> Detector:
         return Engine(settings.engine, names)
 
     def restore(blob: bytes) -> Detector:
-        eng = Engine.restore(blob)
-        if eng.config != settings.engine:  # the state was learned under it: keep it
-            log.warning("checkpoint_engine_config_differs", action="kept the checkpoint's")
-        return eng
+        """Under the configured engine settings; a contradiction of the stored learned state
+        raises ``ConfigMismatchError`` unless ``on_config_mismatch`` is 'keep_stored'."""
+        return restore_under(blob, settings.engine, settings.checkpoint.on_config_mismatch)
 
     return make, restore
 
@@ -75,8 +74,7 @@ def build_loop(settings: Settings, make_source: MakeSource | GroupSource, make_s
     schema = FeatureSchema(settings.record, settings.engine.features.names,
                            settings.engine.features.missing)
     ck = settings.checkpoint
-    restorer = Restorer(CheckpointStore(ck.directory, ck.keep), schema, engines[0], engines[1],
-                        ck, clock)
+    restorer = Restorer(build_store(settings), schema, engines[0], engines[1], ck, clock)
     if callable(make_source):
         source = make_source(restorer.start_positions)
     else:
@@ -90,7 +88,7 @@ def build_loop(settings: Settings, make_source: MakeSource | GroupSource, make_s
 
 def kafka_loop(settings: Settings, metrics: ServiceMetrics | None, health: Health | None,
                engines: EngineFactory, decisions_topic: str | None = None) -> ServiceLoop:
-    """The production loop: Kafka group source, Kafka sink, checkpoint directory."""
+    """The production loop: Kafka group source, Kafka sink, the configured checkpoint store."""
     from stream_ae.sinks.kafka import KafkaSink
     from stream_ae.sources.kafka import KafkaGroupSource
 
@@ -175,7 +173,7 @@ def run_restarting(make_loop: Callable[[], ServiceLoop], stop: threading.Event,
             return
         except FencedError:
             raise
-        except (SinkError, SourceError) as exc:
+        except (SinkError, SourceError, StoreError) as exc:
             if loop.failed_at is not None:
                 same, last = (same + 1 if loop.failed_at == last else 1), loop.failed_at
             if same >= max_same_offset:

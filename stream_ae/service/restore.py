@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import structlog
 
-from stream_ae.checkpoint import Checkpoint, CheckpointStore
+from stream_ae.checkpoint import Checkpoint
+from stream_ae.checkpoint.base import Store
 from stream_ae.config import CheckpointConfig
 from stream_ae.decode import FeatureSchema
-from stream_ae.errors import SnapshotError
+from stream_ae.errors import ConfigMismatchError, SnapshotError
 from stream_ae.processor import Detector, MakeEngine, PartitionProcessor
 from stream_ae.sources.base import Assignment
 from stream_ae.types import TopicPartition as TP
@@ -68,7 +69,7 @@ class Restorer:
         Monotonic seconds.
     """
 
-    def __init__(self, store: CheckpointStore, schema: FeatureSchema, make_engine: MakeEngine,
+    def __init__(self, store: Store, schema: FeatureSchema, make_engine: MakeEngine,
                  restore_engine: RestoreEngine, config: CheckpointConfig,
                  clock: Callable[[], float]) -> None:
         self.store = store
@@ -105,6 +106,12 @@ class Restorer:
                 return ckpt, None
             try:
                 return ckpt, self.restore_engine(ckpt.engine)
+            except ConfigMismatchError as exc:
+                if self.config.on_config_mismatch != "reset":
+                    raise  # stops the service: the operator decides (checkpoint inspect)
+                log.warning("checkpoint_config_mismatch", topic=a.topic, partition=a.partition,
+                            fields=list(exc.fields), action="reset")
+                return None, None
             except SnapshotError as exc:
                 log.warning("checkpoint_unusable", topic=a.topic, partition=a.partition,
                             position=ckpt.position, error=str(exc))

@@ -279,7 +279,7 @@ class FileSource:
     def _table_block(self, raw: _RawChunk) -> FileBlock:
         if self._roles is None:
             self._roles = resolve_columns(raw.frame, self.columns)
-        clean = None if raw.bad else clean_columns(raw.frame, self._roles)
+        clean = None if raw.bad else clean_columns(raw.frame, self._roles, self.max_key_length)
         if clean is not None:
             roles, frame, n = self._roles, raw.frame, len(raw.lines)
             text = _timestamp_text(frame, roles)
@@ -462,7 +462,8 @@ def _timestamp_text(frame: pd.DataFrame, roles: Columns) -> list[str] | None:
     return ["" if m else str(v) for v, m in zip(col.tolist(), _is_missing(col), strict=True)]
 
 
-def clean_columns(frame: pd.DataFrame, roles: Columns) -> CleanColumns | None:
+def clean_columns(frame: pd.DataFrame, roles: Columns, max_key_length: int = 256
+                  ) -> CleanColumns | None:
     """The chunk as columns when every row is a valid record that the per-row path would
     decode to exactly these values (features numeric and finite, keys present, timestamps
     numbers or datetimes in seconds, labels 0/1); None otherwise (the rows then go one by
@@ -492,6 +493,8 @@ def clean_columns(frame: pd.DataFrame, roles: Columns) -> CleanColumns | None:
         if roles.key not in frame or _is_missing(frame[roles.key]).any():
             return None
         keys = tuple(map(str, frame[roles.key].tolist()))
+        if max(map(len, keys), default=0) > max_key_length:
+            return None  # the per-row path dead-letters the long keys
     labels = None
     if roles.label is not None:
         lab = _clean_numbers(frame[roles.label]) if roles.label in frame else None

@@ -6,6 +6,7 @@ import pathlib
 from collections.abc import Iterator
 
 import pytest
+from store_helpers import S3_ENV, moto_server_exe, run_moto_server
 
 from stream_ae.apps.broker import EmbeddedBroker, create_topics
 from stream_ae.testing import external_bootstrap, unique_name
@@ -42,3 +43,15 @@ def topics(bootstrap: str, tag: str) -> dict[str, str]:
              "events": f"events-{tag}", "decisions": f"decisions-{tag}"}
     create_topics(bootstrap, {names["in"]: 2, **dict.fromkeys(list(names.values())[1:], 1)})
     return names
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A local S3 API server (``moto_server``) for the s3 checkpoint store; its credentials
+    (``S3_ENV``) are in the environment while it runs."""
+    if moto_server_exe() is None:
+        pytest.skip("needs moto[server]")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in S3_ENV.items():
+            mp.setenv(k, v)
+        yield from run_moto_server(tmp_path_factory.mktemp("moto") / "moto.log")

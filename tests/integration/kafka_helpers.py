@@ -27,7 +27,10 @@ def service_config(bootstrap: str, tag: str, tmp: pathlib.Path, **over: Any) -> 
                    "model": {"hidden": [8], "bottleneck": 2},
                    "training": {"warmup": 150, "window": 256, "batch_size": 64, "stride": 64,
                                 "warmup_epochs": 3},
-                   "threshold": {"window": 200, "q": 0.98}},
+                   "threshold": {"window": 200, "q": 0.98},
+                   # short test streams: a budget that flags their injected anomalies
+                   "decision": {"false_alarm_rate": 1e-2, "min_scores": 30,
+                                "key_min_records": 10}},
         "kafka": {"bootstrap_servers": bootstrap, "group_id": f"g-{tag}",
                   "input_topics": [f"in-{tag}"], "alerts_topic": f"alerts-{tag}",
                   "dead_letter_topic": f"dlq-{tag}", "events_topic": f"events-{tag}",

@@ -56,7 +56,9 @@ def _alert(key: str, ts: float, n: int) -> AlertMessage:
     return AlertMessage.model_validate({
         "alert_id": f"s/0/{n}", "source": {"topic": "s", "partition": 0, "offset": n},
         "key": key, "event_time": ts, "features": {"x": 1.0}, "score": 3.0, "threshold": 1.0,
-        "top_features": [{"name": "x", "error": 3.0}],
+        "grade": 0.6, "incident_id": f"s/0/{n}/incident",
+        "top_features": [{"name": "x", "observed": 1.0, "expected": 0.2, "direction": "high",
+                          "share": 1.0, "lag": 0}],
         "context": {"warmup": False, "drift_recent": False}, "model_version": 1,
         "detected_at": ts})
 

@@ -87,7 +87,8 @@ def test_alerts_equal_offline_engine_and_metrics_are_served(
     assert decisions_cover(decisions, 0) == list(range(1200))
     a = alerts[0]
     assert a.alert_id == f"{topics['in']}/{a.source.partition}/{a.source.offset}"
-    assert a.score > a.threshold and a.key.startswith(f"dev-{a.source.partition}-")
+    assert 0 < a.grade <= 1 and a.incident_id.startswith(f"{topics['in']}/")
+    assert a.key.startswith(f"dev-{a.source.partition}-")
     raw = next(m for m in read_all(bootstrap, topics["alerts"]))
     headers = dict(raw.headers())
     assert headers["stream-ae.schema-version"] == b"2" and raw.key() == a.key.encode()

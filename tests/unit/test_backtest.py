@@ -66,7 +66,7 @@ def test_one_prediction_per_row_in_input_order(frame: pd.DataFrame,
     assert (live["score"] <= live["threshold"]).any()
     assert len(flagged) > 0 and flagged["incident"].ge(0).all()
     assert (flagged["score"] > flagged["threshold"]).any()
-    assert pred.loc[pred["is_anomaly"] == 0, "grade"].max() < flagged["grade"].max()
+    assert pred.loc[pred["is_anomaly"] == 0, "grade"].median() < flagged["grade"].median()
 
 
 def test_reports_are_written_beside_the_predictions(csv_run: tuple[pathlib.Path, pd.DataFrame]

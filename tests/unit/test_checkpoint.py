@@ -84,3 +84,44 @@ def test_inspect_summarises_directory_and_marks_corrupt(tmp_path: pathlib.Path) 
     assert result.exit_code == 0
     assert json.loads(result.output)["meta"] == {"records_seen": 2}
     assert CliRunner().invoke(app, ["checkpoint", "inspect", str(tmp_path / "none")]).exit_code == 1
+
+
+def _importers(package: pathlib.Path, module: str) -> set[str]:
+    import ast
+
+    out = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == module or n.startswith(module + ".") for n in names):
+                out.add(path.relative_to(package.parent).as_posix())
+    return out
+
+
+def test_client_libraries_stay_in_their_adapters() -> None:
+    """The Kafka code of checkpoints is kafka_store.py only; boto3 only in s3_store.py."""
+    package = pathlib.Path(__file__).resolve().parents[2] / "stream_ae"
+    assert _importers(package, "confluent_kafka") == {
+        "stream_ae/sources/kafka.py", "stream_ae/sinks/kafka.py",
+        "stream_ae/apps/broker.py", "stream_ae/checkpoint/kafka_store.py"}
+    assert _importers(package, "boto3") | _importers(package, "botocore") == {
+        "stream_ae/checkpoint/s3_store.py"}
+
+
+def test_build_store_picks_the_configured_store(tmp_path: pathlib.Path) -> None:
+    from stream_ae.checkpoint.base import build_store
+    from stream_ae.checkpoint.kafka_store import KafkaCheckpointStore
+    from stream_ae.checkpoint.s3_store import S3CheckpointStore
+    from stream_ae.config import Settings
+
+    def store(**ck: object) -> object:
+        return build_store(Settings.load(None, kafka={"group_id": "g"}, checkpoint=ck))
+
+    directory = store(directory=str(tmp_path), keep=5)
+    assert isinstance(directory, CheckpointStore) and directory.keep == 5
+    kafka = store(store="kafka")
+    assert isinstance(kafka, KafkaCheckpointStore) and kafka.changelog("s") == "g-s-checkpoints"
+    s3 = store(store="s3", s3={"bucket": "b", "endpoint_url": "http://x:9000"})
+    assert isinstance(s3, S3CheckpointStore) and s3.key("s", 1, 2) == (
+        "stream-ae/s/1/ckpt-000000000002.bin")

@@ -11,7 +11,14 @@ import yaml
 from typer.testing import CliRunner
 
 from stream_ae.cli import app
-from stream_ae.config import Settings, read_config_file
+from stream_ae.config import (
+    LEARNED_STATE,
+    EngineConfig,
+    Settings,
+    config_diff,
+    learned_state_diff,
+    read_config_file,
+)
 from stream_ae.errors import ConfigError, StreamAEError
 
 YAML_TEXT = """\
@@ -233,3 +240,47 @@ def test_config_show_rejects_bad_file(tmp_path: pathlib.Path) -> None:
     result = CliRunner().invoke(app, ["config", "show", "--config", str(path)])
     assert result.exit_code != 0
     assert isinstance(result.exception, ConfigError)
+
+
+def test_learned_state_rules_name_real_fields() -> None:
+    leaves = {f"{sec}.{name}" for sec, model in EngineConfig() for name in type(model).model_fields}
+    for rule in LEARNED_STATE:
+        prefix = rule[:-1] if rule.endswith(".*") else None
+        assert (any(leaf.startswith(prefix) for leaf in leaves) if prefix else rule in leaves), rule
+
+
+@pytest.mark.parametrize(("path", "value", "learned"), [
+    ("features.lags", 3, True), ("features.names", ("x", "y"), True),
+    ("model.bottleneck", 5, True), ("model.lr", 0.1, True),
+    ("training.window", 8192, True), ("training.warmup", 50, True),
+    ("threshold.window", 500, True), ("drift.detector", "none", True),
+    ("regime.after_records", 60, True), ("decision.calibration_window", 500, True),
+    ("decision.false_alarm_rate", 0.01, False), ("decision.mode", "quantile", False),
+    ("threshold.q", 0.9, False), ("threshold.multiplier", 2.0, False),
+    ("training.steps_per_stride", 3, False), ("training.gate", "none", False),
+    ("drift.lr_boost", 3.0, False), ("drift.delta", 0.01, False),
+    ("regime.enabled", False, False),
+])
+def test_learned_state_diff_names_exactly_the_learned_fields(
+        path: str, value: object, learned: bool) -> None:
+    section, name = path.split(".")
+    stored = EngineConfig(features={"names": ("a", "b")})  # type: ignore[arg-type]
+    sub = getattr(stored, section).model_copy(update={name: value})
+    current = stored.model_copy(update={section: sub})
+    before = getattr(getattr(stored, section), name)
+    json_value = list(value) if isinstance(value, tuple) else value
+    assert config_diff(stored, current) == {path: (
+        list(before) if isinstance(before, tuple) else before, json_value)}
+    assert learned_state_diff(stored, current) == ((path,) if learned else ())
+
+
+def test_inferred_feature_names_contradict_nothing() -> None:
+    stored = EngineConfig(features={"names": ("a", "b")})  # type: ignore[arg-type]
+    assert learned_state_diff(stored, EngineConfig()) == ()
+
+
+def test_s3_store_needs_a_bucket() -> None:
+    with pytest.raises(ConfigError, match=r"checkpoint\.s3\.bucket"):
+        Settings.load(None, checkpoint={"store": "s3"})
+    s = Settings.load(None, checkpoint={"store": "kafka", "kafka": {"chunk_bytes": 4096}})
+    assert (s.checkpoint.store, s.checkpoint.kafka.chunk_bytes) == ("kafka", 4096)

@@ -375,7 +375,11 @@ def test_detector_settings_validate(
     settings = _effective_settings(name, clean_env, tmp_path)
     assert settings.metrics.enabled
     assert settings.metrics.host == "0.0.0.0"
-    assert settings.checkpoint.directory == pathlib.Path("/var/lib/stream-ae/checkpoints")
+    if name.startswith("k8s:"):  # state moves with the partition: no shared volume
+        assert settings.checkpoint.store == "kafka"
+    else:
+        assert settings.checkpoint.store == "directory"
+        assert settings.checkpoint.directory == pathlib.Path("/var/lib/stream-ae/checkpoints")
 
 
 def test_example_config_validates(clean_env: pytest.MonkeyPatch) -> None:
@@ -593,7 +597,7 @@ def test_compose_creates_every_topic_the_detectors_use(
     assert simulator[simulator.index("--topic") + 1] in k.input_topics
 
 
-def test_checkpoints_are_shared_storage(
+def test_compose_checkpoints_are_shared_storage(
     clean_env: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
     volumes = set()
@@ -603,13 +607,22 @@ def test_checkpoints_are_shared_storage(
             v.split(":")[0] for v in service["volumes"] if v.split(":")[1] == str(directory)
         }
     assert len(volumes) == 1 and volumes <= set(_compose()["volumes"])
-    k8s_dir = _effective_settings("k8s:statefulset", clean_env, tmp_path).checkpoint.directory
-    mounts = {m["mountPath"]: m["name"] for m in _container()["volumeMounts"]}
-    pod_volumes = {v["name"]: v for v in _k8s("StatefulSet")["spec"]["template"]["spec"]["volumes"]}
-    claim = pod_volumes[mounts[str(k8s_dir)]]["persistentVolumeClaim"]["claimName"]
-    pvc = _k8s("PersistentVolumeClaim")
-    assert pvc["metadata"]["name"] == claim
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_k8s_needs_no_shared_volume(clean_env: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    """The kafka store keeps state in a changelog topic: no PersistentVolumeClaim, no
+    ReadWriteMany, nothing mounted for checkpoints; the RWX claim is only an example for
+    the directory store."""
+    settings = _effective_settings("k8s:statefulset", clean_env, tmp_path)
+    assert settings.checkpoint.store == "kafka"
+    assert "{topic}" in settings.checkpoint.kafka.topic
+    assert "PersistentVolumeClaim" not in [doc["kind"] for _, doc in _k8s_objects()]
+    pod = _k8s("StatefulSet")["spec"]
+    assert "volumeClaimTemplates" not in pod
+    claims = [v for v in pod["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == []
+    example = _yaml_docs(K8S / "pvc-directory-store.example.yaml")
+    assert [d["spec"]["accessModes"] for d in example] == [["ReadWriteMany"]]
 
 
 # =========================================================================== tests: metrics

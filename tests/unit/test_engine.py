@@ -20,7 +20,7 @@ from stream_ae.config import (
     TrainingConfig,
 )
 from stream_ae.engine import Engine
-from stream_ae.errors import ConfigError, SnapshotError
+from stream_ae.errors import ConfigError, ConfigMismatchError, SnapshotError
 from stream_ae.records import Batch, StepResult
 
 torch.set_num_threads(1)
@@ -236,9 +236,47 @@ def test_restore_rejects_garbage_truncation_and_other_config(data: Batch) -> Non
     flipped[len(blob) // 2] ^= 0xFF
     with pytest.raises(SnapshotError):
         Engine.restore(bytes(flipped))
-    with pytest.raises(SnapshotError):
+    with pytest.raises(ConfigMismatchError) as err:
         Engine.restore(blob, config=small_config(lags=1))
+    assert err.value.fields == ("features.lags",)
     assert Engine.restore(blob, config=small_config()).records_seen == 200
+
+
+def test_restore_under_new_decision_settings_takes_them_and_keeps_the_state(data: Batch) -> None:
+    """Settings that are not learned state apply on restart: the restored engine continues
+    (records_seen, model) under the new values; the threshold in force follows the new q."""
+    eng = Engine(small_config(), NAMES)
+    eng.step(data.slice(0, 400))
+    base = small_config()
+    new = base.model_copy(update={
+        "threshold": base.threshold.model_copy(update={"q": 0.5}),
+        "drift": base.drift.model_copy(update={"lr_boost": 2.0}),
+        "training": base.training.model_copy(update={"steps_per_stride": 2})})
+    restored = Engine.restore(eng.snapshot(), config=new)
+    assert restored.config == new
+    assert (restored.records_seen, restored.model_version) == (400, eng.model_version)
+    assert restored.threshold < eng.threshold  # the median, not the 95th percentile
+    same = Engine.restore(eng.snapshot(), config=small_config())
+    x = data.slice(400, 500)
+    assert np.array_equal(same.step(x).scores, eng.step(x).scores)
+
+
+@pytest.mark.parametrize(("section", "change", "field"), [
+    ("model", {"hidden": (4,)}, "model.hidden"),
+    ("training", {"window": 512}, "training.window"),
+    ("threshold", {"window": 400}, "threshold.window"),
+    ("regime", {"after_records": 90}, "regime.after_records"),
+    ("decision", {"calibration_window": 400}, "decision.calibration_window"),
+])
+def test_restore_refuses_a_config_that_contradicts_the_learned_state(
+        data: Batch, section: str, change: dict[str, object], field: str) -> None:
+    eng = Engine(small_config(), NAMES)
+    eng.step(data.slice(0, 200))
+    base = small_config()
+    new = base.model_copy(update={section: getattr(base, section).model_copy(update=change)})
+    with pytest.raises(ConfigMismatchError, match=field.replace(".", r"\.")) as err:
+        Engine.restore(eng.snapshot(), config=new)
+    assert err.value.fields == (field,)
 
 
 def test_drift_ends_the_chunk_so_results_stay_split_independent(data: Batch) -> None:
@@ -324,7 +362,8 @@ def test_pca_warmup_fit_replaces_the_epochs_and_fits_the_subspace(data: Batch) -
     res = eng.step(data.slice(0, 100))
     assert eng.model_version < 100  # the ramped learning steps only, no warm-up epochs
     epochs = small_config(lags=1).model_copy(update={
-        "model": ModelConfig(hidden=(), bottleneck=2, seed=3)})
+        "model": ModelConfig(hidden=(), bottleneck=2, seed=3),
+        "training": pca_config().training.model_copy(update={"warmup_fit": "epochs"})})
     eng_e = Engine(epochs, NAMES)
     eng_e.step(data.slice(0, 100))
     assert eng_e.model_version > eng.model_version
@@ -379,3 +418,17 @@ def test_score_only_rejects_like_step_and_checks_the_width(data: Batch) -> None:
     assert np.isfinite(res.scores[[0, 2]]).all()
     with pytest.raises(ConfigError):
         eng.score_only(Batch.from_arrays(np.zeros((2, 2))))
+
+
+def test_per_row_model_versions_do_not_depend_on_batching(data: Batch) -> None:
+    """An alert carries the model version it was scored under: a replay that batches the
+    records differently (after a rebalance) publishes identical duplicates."""
+    whole = Engine(small_config(), NAMES).step(data)
+    eng = Engine(small_config(), NAMES)
+    cuts = [0, 7, 150, 151, 420, len(data)]
+    parts = [eng.step(data.slice(a, b)) for a, b in itertools.pairwise(cuts)]
+    split = np.concatenate([r.model_versions for r in parts])
+    assert whole.model_versions is not None
+    assert np.array_equal(whole.model_versions, split)
+    assert whole.model_versions[0] == 0 and whole.model_versions[-1] > 0
+    assert [r.model_version for r in parts][-1] == whole.model_version

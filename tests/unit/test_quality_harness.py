@@ -125,6 +125,7 @@ def test_capped_threshold_does_not_ratchet_with_a_multiplier() -> None:
         "training": {"warmup": 200, "warmup_epochs": 5},
         "threshold": ThresholdConfig(multiplier=1.5, min_count=20),
         "drift": DriftConfig(detector="none"), "regime": RegimeConfig(enabled=False),
+        "decision": {"mode": "quantile"}, "features": {"lags": 0},
     })
     rng = np.random.default_rng(0)
     x = rng.normal(size=(800, 3))

@@ -29,7 +29,9 @@ def small_settings(tmp: pathlib.Path, max_records: int = 64, **kw: object) -> Se
                    "model": {"hidden": [8], "bottleneck": 2},
                    "training": {"warmup": 100, "window": 128, "batch_size": 64, "stride": 32,
                                 "warmup_epochs": 3},
-                   "threshold": {"window": 100, "q": 0.97}},
+                   "threshold": {"window": 100, "q": 0.97},
+                   "decision": {"false_alarm_rate": 1e-2, "min_scores": 20,
+                                "key_min_records": 10}},
         "batching": {"max_records": max_records, "max_wait_ms": 50},
         "checkpoint": {"directory": str(tmp / "ckpt"), "interval_records": 150, "keep": 2},
     }
@@ -82,7 +84,8 @@ def test_alerts_equal_offline_engine_flags(tmp_path: pathlib.Path) -> None:
     assert a.alert_id == f"s/0/{expected[0]}"
     assert a.features == pytest.approx(dict(zip(NAMES, x[expected[0]].tolist(), strict=False)))
     assert a.key == f"k{expected[0] % 3}" and a.timestamp == 1000.0 + expected[0]
-    assert a.score > a.threshold and len(a.top_features) == 3
+    assert len(a.top_features) == 3 and a.incident_id == f"s/0/{expected[0]}/incident"
+    assert {t.name for t in a.top_features} == set(NAMES) and 0 < a.grade <= 1
 
 
 def test_every_offset_gets_one_decision_and_bad_input_is_dead_lettered(
@@ -282,3 +285,130 @@ def test_unrestorable_engine_falls_back_to_an_older_checkpoint(tmp_path: pathlib
     assert "checkpoint_unusable" in [e["event"] for e in logs]
     assert (ready["start"], ready["publish_from"]) == (2, 4)
     assert [a.alert_id for a in sink.alerts] == ["s/0/4"]
+
+
+def test_not_ready_while_a_partition_catches_up(tmp_path: pathlib.Path) -> None:
+    """Restored at offset 2 with outputs committed up to 4: /readyz stays 503 until the
+    replay reaches the committed offset, then the partition is live."""
+    from stream_ae.checkpoint import Checkpoint
+    from stream_ae.metrics import Health
+
+    store = CheckpointStore(tmp_path / "c")
+    with capture_logs():
+        store.save(Checkpoint("s", 0, 2, ThresholdEngine(NAMES, 5.0).snapshot(), NAMES))
+    msgs = [b'{"a": 1, "b": 1, "c": 1}'] * 6
+    health = Health()
+    settings = small_settings(tmp_path, max_records=1,
+                              checkpoint={"directory": str(tmp_path / "c")})
+    src = MemoryGroupSource({TP0: msgs}, committed={TP0: 4}, max_per_poll=1)
+    r = make(settings, src, None, RULES, health=health)
+    seen = []
+    with capture_logs():
+        r.open()
+        seen.append((r.positions()[TP0], health.ready))
+        for _ in range(4):
+            r.cycle(idle_timeout=0.0)
+            seen.append((r.positions()[TP0], health.ready))
+        r.close()
+    assert seen == [(2, False), (3, False), (4, True), (5, True), (6, True)]
+    assert health.ready is False  # stopped
+
+
+def _engine_checkpoint(settings: Settings, tmp: pathlib.Path, n: int = 300) -> list[bytes]:
+    """Run the real engine over ``n`` records; its checkpoint is in the settings' store."""
+    msgs, _ = stream(n)
+    run(settings, MemoryGroupSource({TP0: msgs}), MemorySink())
+    return msgs
+
+
+@pytest.mark.parametrize("policy", ["fail", "reset", "keep_stored"])
+def test_learned_state_config_change_follows_on_config_mismatch(
+        tmp_path: pathlib.Path, policy: str) -> None:
+    from stream_ae.errors import ConfigMismatchError
+
+    before = small_settings(tmp_path)
+    msgs = _engine_checkpoint(before, tmp_path)
+    changed = small_settings(tmp_path, checkpoint={**before.checkpoint.model_dump(mode="json"),
+                                                   "on_config_mismatch": policy},
+                             engine={**before.engine.model_dump(mode="json"),
+                                     "model": {"hidden": [4], "bottleneck": 2}})
+    more, _ = stream(400)
+    src = MemoryGroupSource({TP0: msgs + more[300:]}, committed={TP0: 300})
+    r = make(changed, src)
+    with capture_logs() as logs:
+        if policy == "fail":
+            with pytest.raises(ConfigMismatchError, match=r"model\.hidden") as err:
+                r.run_until_idle()
+            assert err.value.fields == ("model.hidden",)
+            return
+        r.run_until_idle()
+    ready = next(e for e in logs if e["event"] == "partition_ready")
+    mismatch = next(e for e in logs if e["event"] == "checkpoint_config_mismatch")
+    assert (mismatch["fields"], mismatch["action"]) == (["model.hidden"], policy)
+    final = CheckpointStore(changed.checkpoint.directory).load(*TP0)
+    assert final is not None and final.engine is not None
+    eng = Engine.restore(final.engine)
+    if policy == "reset":  # a fresh engine from the committed offset, under the new config
+        assert (ready["restored"], ready["start"]) == (False, 300)
+        assert eng.records_seen == 100 and eng.config.model.hidden == (4,)
+    else:  # the stored engine goes on, under the stored config
+        assert (ready["restored"], ready["start"]) == (True, 300)
+        assert eng.records_seen == 400 and eng.config.model.hidden == (8,)
+
+
+def test_decision_settings_apply_to_the_restored_engine(tmp_path: pathlib.Path) -> None:
+    before = small_settings(tmp_path)
+    msgs = _engine_checkpoint(before, tmp_path)
+    engine = before.engine.model_dump(mode="json")
+    engine["threshold"]["q"], engine["decision"]["mode"] = 0.5, "quantile"
+    changed = small_settings(tmp_path, engine=engine)
+    more, _ = stream(400)
+    src = MemoryGroupSource({TP0: msgs + more[300:]}, committed={TP0: 300})
+    sink = MemorySink(src.committer())
+    r = make(changed, src, sink)
+    with capture_logs() as logs:
+        r.run_until_idle()
+    assert "checkpoint_config_mismatch" not in [e["event"] for e in logs]
+    final = CheckpointStore(changed.checkpoint.directory).load(*TP0)
+    assert final is not None and final.engine is not None
+    eng = Engine.restore(final.engine)
+    assert eng.records_seen == 400 and eng.config.threshold.q == 0.5
+    assert eng.config.decision.mode == "quantile"
+    assert len(sink.alerts) > 20  # the median threshold flags about half of 100 records
+
+
+def test_inspect_shows_stored_config_beside_the_current_one(tmp_path: pathlib.Path) -> None:
+    import json
+
+    import structlog
+    import yaml
+    from typer.testing import CliRunner
+
+    from stream_ae.cli import app
+
+    before = small_settings(tmp_path)
+    _engine_checkpoint(before, tmp_path)
+    data = before.model_dump(mode="json")
+    data["engine"]["threshold"]["q"] = 0.9
+    data["engine"]["training"]["window"] = 256
+    data["kafka"]["input_topics"] = ["s"]
+    cfg = tmp_path / "now.yaml"
+    cfg.write_text(yaml.safe_dump(data))
+    saved = structlog.get_config()  # the command configures logging for the process
+    try:
+        result = CliRunner().invoke(app, ["checkpoint", "inspect", "-c", str(cfg)])
+    finally:
+        structlog.configure(**saved)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    newest = rows[0]
+    assert newest["valid"] and newest["position"] == 300
+    assert newest["config_diff"] == {
+        "threshold.q": {"stored": 0.97, "current": 0.9},
+        "training.window": {"stored": 128, "current": 256}}
+    assert (newest["learned_state_mismatch"], newest["on_restart"]) == (
+        ["training.window"], "fail")
+    plain = CliRunner().invoke(app, ["checkpoint", "inspect",
+                                     str(before.checkpoint.directory)])
+    stored = json.loads(plain.stdout.splitlines()[-1])["engine_config"]
+    assert stored["threshold"]["q"] == 0.97

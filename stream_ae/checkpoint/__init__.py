@@ -1,6 +1,10 @@
-"""CheckpointStore: atomic, checksummed snapshots of one engine per input partition.
+"""Checkpoints: atomic, checksummed snapshots of one engine per input partition.
 
-Layout: ``DIR/<topic>/<partition>/ckpt-<seq>.bin`` plus ``manifest.json`` listing the
+This module holds the checkpoint format and the directory store; ``base.Store`` is the
+protocol every store keeps, ``base.build_store`` picks the configured one
+(``kafka_store``, ``s3_store``), and ``checks`` is their shared contract suite.
+
+Directory layout: ``DIR/<topic>/<partition>/ckpt-<seq>.bin`` plus ``manifest.json`` listing the
 kept checkpoints, newest last. A file is::
 
     b"SAECKPT1" | u32 header length | header (JSON) | engine snapshot | sha256 of all before
@@ -155,6 +159,12 @@ class CheckpointStore:
         self.keep = keep
         self.clock = clock
 
+    def open(self) -> None:
+        """Nothing to connect: files are opened per call."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
     def _dir(self, topic: str, partition: int) -> pathlib.Path:
         if not topic or "/" in topic or topic in (".", ".."):
             raise SnapshotError(f"topic name {topic!r} cannot be a checkpoint directory")
@@ -218,6 +228,40 @@ class CheckpointStore:
             yield ckpt
 
 
+    def partitions(self, topic: str) -> list[int]:
+        """Partitions of ``topic`` with a checkpoint directory."""
+        d = self.directory / topic
+        return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+    def describe(self, topic: str, partition: int) -> list[dict[str, Any]]:
+        """One row per checkpoint file, newest first."""
+        return [describe_bytes(str(f), f.read_bytes())
+                for f in reversed(self.paths(topic, partition))]
+
+
+def describe_bytes(location: str, data: bytes) -> dict[str, Any]:
+    """An inspect row for one stored checkpoint: where, how big, valid, its header and the
+    engine configuration its state was learned under (``engine_config``, when it has one)."""
+    row: dict[str, Any] = {"location": location, "bytes": len(data)}
+    try:
+        ckpt = decode_checkpoint(data)
+    except SnapshotError as exc:
+        return row | {"valid": False, "error": str(exc)}
+    return row | {"valid": True, **ckpt.header(), **_engine_config(ckpt.engine)}
+
+
+def _engine_config(engine: bytes | None) -> dict[str, Any]:
+    from stream_ae import snapshot
+
+    if engine is None:
+        return {}
+    try:
+        tree, _ = snapshot.decode(engine)
+    except SnapshotError:
+        return {}  # another engine's bytes (tests): nothing to show
+    return {"engine_config": tree.get("config")}
+
+
 def summarise(path: str | pathlib.Path) -> list[dict[str, Any]]:
     """One summary per checkpoint file under ``path`` (a file, a partition or a root dir)."""
     p = pathlib.Path(path)
@@ -226,11 +270,9 @@ def summarise(path: str | pathlib.Path) -> list[dict[str, Any]]:
         raise SnapshotError(f"no checkpoint files at {p}")
     out = []
     for f in files:
-        row: dict[str, Any] = {"path": str(f), "bytes": f.stat().st_size}
         try:
-            h = read_checkpoint(f).header()
-            row |= {"valid": True, **h}
-        except SnapshotError as exc:
-            row |= {"valid": False, "error": str(exc)}
-        out.append(row)
+            row = describe_bytes(str(f), f.read_bytes())
+        except OSError as exc:
+            row = {"location": str(f), "valid": False, "error": str(exc)}
+        out.append({"path": row.pop("location"), **row})
     return out

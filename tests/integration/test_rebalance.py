@@ -1,0 +1,282 @@
+"""Rebalances with state on the real broker, for every checkpoint store: three service
+instances share a 6-partition input; one dies mid-batch as a SIGKILLed process would (no
+commit, no checkpoint, no leave-group: its partitions move after the session timeout,
+restored from its last checkpoints, its transaction left open) and its pod comes back
+(a StatefulSet restart: the same transactional id, which aborts that transaction); then a
+fourth instance is added and takes partitions over through graceful revocation.
+
+The instances run in this process (threads, one engine warm-up: a process each would cost
+seconds of torch start-up per instance); the crash drops the Kafka clients without closing
+them, which librdkafka treats as a dead member.
+
+At the end: no alert is missing against an uninterrupted (offline) engine per partition,
+every duplicate is identical to its first copy (zero against Apache Kafka), every offset
+has a decision, every handover restored the state (``partition_ready`` with ``restored``)
+instead of re-warming, and each partition's final checkpoint holds an engine whose
+``records_seen`` is the partition's whole length: its state continued across every owner.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import json
+import pathlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kafka_helpers import committed, produce, records, service_config, wait_committed
+from store_helpers import create_bucket
+from structlog.testing import capture_logs
+from test_crash_recovery import strip_time
+
+from stream_ae.apps.broker import create_topics
+from stream_ae.checkpoint.base import build_store
+from stream_ae.config import Settings
+from stream_ae.service.loop import ServiceLoop
+from stream_ae.service.main import EngineFactory, kafka_loop, prewarm_engine
+from stream_ae.testing import external_bootstrap
+
+pytestmark = pytest.mark.slow
+PARTS = 6
+N = 900  # per partition, in three phases
+
+
+class Crash(BaseException):
+    """Raised inside a member's loop: it dies there, as a killed process would."""
+
+
+class Member:
+    """One service instance in a thread."""
+
+    def __init__(self, settings: Settings, name: str, decisions: str,
+                 engines: EngineFactory) -> None:
+        kafka = settings.kafka.model_copy(
+            update={"transactional_id": f"{settings.kafka.group_id}-{name}"})
+        self.runner: ServiceLoop = kafka_loop(settings.model_copy(update={"kafka": kafka}),
+                                              None, None, engines, decisions)
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self._crash = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"member-{name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.runner.run(self.stop)
+        except Crash:
+            pass
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def owned(self) -> set[tuple[str, int]]:
+        return set(getattr(self.runner.source, "assigned", ()))
+
+    def crash(self, timeout: float = 30.0) -> None:
+        """Die in the middle of a batch, after writing its outputs into the open transaction
+        and before committing it; close nothing (no revoke, no checkpoint, no leave-group)."""
+        sink, runner = self.runner.sink, self.runner
+        real_commit = sink.commit
+
+        def commit(*args: Any, **kwargs: Any) -> None:
+            raise Crash
+
+        runner.close = lambda: None  # type: ignore[method-assign]
+        sink.commit = commit  # type: ignore[method-assign]
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the member did not reach a commit"
+        del real_commit
+        # drop the clients unclosed: librdkafka destroys them without leaving the group
+        runner.source._consumer = None  # type: ignore[attr-defined]
+        runner.sink._producer = None  # type: ignore[attr-defined]
+        store = runner.restorer.store
+        for client in ("_producer", "_reader"):  # the kafka store's
+            if hasattr(store, client):
+                setattr(store, client, None)
+        gc.collect()
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "member did not stop within 30 s"
+        assert not self.errors, self.errors
+
+
+def store_settings(kind: str, tag: str, tmp: pathlib.Path, endpoint: str | None
+                   ) -> dict[str, Any]:
+    # checkpoints lag commits (every 250 records): a crash leaves records to catch up on
+    base = {"interval_records": 250, "interval_s": 30.0, "keep": 2,
+            "directory": str(tmp / "ckpt")}
+    if kind == "kafka":
+        return {**base, "store": "kafka", "kafka": {"chunk_bytes": 256 * 1024,
+                                                    "replication_factor": 1}}
+    if kind == "s3":
+        create_bucket(str(endpoint), f"ckpt-{tag}")
+        return {**base, "store": "s3", "s3": {"bucket": f"ckpt-{tag}", "endpoint_url": endpoint,
+                                              "region": "us-east-1"}}
+    return base
+
+
+def wait_until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def produce_phase(bootstrap: str, topic: str, data: dict[int, list[bytes]], lo: int, hi: int,
+                  steps: int = 1) -> None:
+    """Produce records ``lo:hi`` of every partition, in ``steps`` rounds 0.2 s apart."""
+    edges = [lo + (hi - lo) * i // steps for i in range(steps + 1)]
+    for a, b in itertools.pairwise(edges):
+        for part, values in data.items():
+            produce(bootstrap, topic, part, values[a:b])
+        time.sleep(0.2)
+
+
+SCENARIOS = [("directory", "cooperative-sticky"), ("kafka", "cooperative-sticky"),
+             ("s3", "cooperative-sticky"), ("kafka", "range")]
+
+
+@pytest.mark.parametrize(("store", "strategy"), SCENARIOS,
+                         ids=[f"{s}-{a}" for s, a in SCENARIOS])
+def test_kill_one_add_one_keeps_state_and_loses_nothing(
+        store: str, strategy: str, bootstrap: str, tag: str, tmp_path: pathlib.Path,
+        request: pytest.FixtureRequest) -> None:
+    endpoint = request.getfixturevalue("s3_endpoint") if store == "s3" else None
+    tag = tag.lower().replace("_", "-")
+    topics = {"in": f"in-{tag}", "alerts": f"alerts-{tag}", "dlq": f"dlq-{tag}",
+              "events": f"events-{tag}", "decisions": f"decisions-{tag}"}
+    create_topics(bootstrap, {topics["in"]: PARTS, **dict.fromkeys(list(topics.values())[1:], 1)})
+    cfg = service_config(bootstrap, tag, tmp_path,
+                         checkpoint=store_settings(store, tag, tmp_path, endpoint),
+                         batching={"max_records": 128, "max_wait_ms": 50},
+                         metrics={"enabled": False})
+    cfg["kafka"]["session_timeout_ms"] = 3000  # a dead member's partitions move sooner
+    cfg["kafka"]["extra"] = {**cfg["kafka"]["extra"], "partition.assignment.strategy": strategy}
+    settings = Settings.load(None, **cfg)
+    group, topic = settings.kafka.group_id, topics["in"]
+    data = {p: records(N, seed=300 + p, partition=p)[0] for p in range(PARTS)}
+    third = N // 3
+    engines = prewarm_engine(settings)
+    t0 = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def mark(name: str) -> None:
+        phases[name] = round(time.monotonic() - t0, 1)
+
+    def progress() -> int:
+        return sum(max(o, 0) for o in committed(bootstrap, group, topic, PARTS))
+
+    produce_phase(bootstrap, topic, data, 0, third)
+    with capture_logs() as logs:
+        members = {n: Member(settings, n, topics["decisions"], engines) for n in "abc"}
+        try:
+            wait_until(lambda: all(m.owned() for m in members.values())
+                       and sum(len(m.owned()) for m in members.values()) == PARTS,
+                       "three members sharing the partitions", 90)
+            mark("three_members")
+            wait_committed(bootstrap, group, topic, [third] * PARTS)
+            mark("phase_one_done")
+            # the victim dies while records arrive: its last checkpoints lag its commits
+            feeder = threading.Thread(target=produce_phase, args=(
+                bootstrap, topic, data, third, 2 * third, 10), daemon=True)
+            feeder.start()
+            wait_until(lambda: progress() > PARTS * third + 60, "progress of phase two")
+            members["b"].crash()
+            mark("killed")
+            # its pod comes back (same transactional id: it aborts the transaction the crash
+            # left open, which the test broker would otherwise leave blocking offset commits)
+            members["b2"] = Member(settings, "b", topics["decisions"], engines)
+            feeder.join(60)
+            wait_committed(bootstrap, group, topic, [2 * third] * PARTS, timeout=90)
+            wait_until(lambda: bool(members["b2"].owned()), "the replacement's partitions", 90)
+            mark("taken_over")
+            members["e"] = Member(settings, "e", topics["decisions"], engines)  # scale out
+            wait_until(lambda: bool(members["e"].owned()), "the new member's partitions", 90)
+            mark("added_one")
+            produce_phase(bootstrap, topic, data, 2 * third, N)
+            wait_committed(bootstrap, group, topic, [N] * PARTS, timeout=90)
+            mark("all_committed")
+        finally:
+            for name, m in members.items():
+                if name != "b":
+                    m.stop.set()
+            (tmp_path / "events.jsonl").write_text("\n".join(json.dumps(e, default=str)
+                                                             for e in logs))
+            for name, m in members.items():
+                if name != "b":
+                    m.shutdown()
+    mark("stopped")
+    figures = check_outputs(bootstrap, topics, settings, data)
+    figures |= check_state(settings, topic, logs)
+    figures |= {"store": store, "strategy": strategy, "seconds": phases}
+    print("rebalance_figures", json.dumps(figures))  # read by the report of issue #10
+    if external_bootstrap():
+        assert figures["duplicates"] == 0
+
+
+def check_outputs(bootstrap: str, topics: dict[str, str], settings: Settings,
+                  data: dict[int, list[bytes]]) -> dict[str, Any]:
+    from kafka_helpers import offline_alert_offsets, read_all
+
+    from stream_ae.schema import DecisionMessage
+
+    first: dict[str, dict[str, Any]] = {}
+    dups = 0
+    for m in read_all(bootstrap, topics["alerts"]):
+        doc = strip_time(m.value())
+        if doc["alert_id"] in first:
+            dups += 1
+            assert doc == first[doc["alert_id"]]
+        first.setdefault(doc["alert_id"], doc)
+    lost = expected_total = 0
+    for p, values in data.items():
+        got = sorted(d["source"]["offset"] for d in first.values()
+                     if d["source"]["partition"] == p)
+        expected = offline_alert_offsets(settings, topics["in"], p, values)
+        expected_total += len(expected)
+        lost += len(set(expected) - set(got))
+        assert got == expected, p
+    assert expected_total >= 50  # the comparison is not vacuous
+    covered: dict[tuple[int, int], int] = {}
+    for m in read_all(bootstrap, topics["decisions"]):
+        d = DecisionMessage.model_validate_json(m.value())
+        for o in range(d.start_offset, d.end_offset):
+            covered[(d.partition, o)] = covered.get((d.partition, o), 0) + 1
+    assert sorted(covered) == [(p, o) for p in data for o in range(len(data[p]))]
+    return {"alerts": len(first), "lost": lost, "duplicates": dups,
+            "duplicate_decisions": sum(covered.values()) - len(covered)}
+
+
+def check_state(settings: Settings, topic: str, logs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every handover restored the engine; final checkpoints continue the whole stream."""
+    seen: set[int] = set()
+    handovers = replayed = 0
+    for e in logs:
+        if e["event"] != "partition_ready":
+            continue
+        if e["partition"] in seen:  # a handover (or a member getting it back)
+            assert e["restored"], f"partition {e['partition']} re-warmed after a handover"
+            handovers += 1
+            replayed += e["catch_up"]
+        seen.add(e["partition"])
+    assert seen == set(range(PARTS))
+    assert handovers >= 3  # the dead member's partitions, and some for the added one
+    store = build_store(settings)
+    store.open()
+    try:
+        with capture_logs():
+            final = {p: store.load(topic, p) for p in range(PARTS)}
+    finally:
+        store.close()
+    records_seen = {p: c.meta.get("records_seen") if c else None for p, c in final.items()}
+    assert records_seen == dict.fromkeys(range(PARTS), N)
+    assert all(c is not None and c.position == N for c in final.values())
+    return {"handovers": handovers, "handovers_restored": handovers,
+            "catch_up_records": replayed, "final_records_seen": N}
