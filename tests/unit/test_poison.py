@@ -348,7 +348,11 @@ def test_the_run_command_exits_non_zero_when_the_service_gives_up(
     def gives_up(settings: Settings, **kw: object) -> None:
         raise GaveUpError("a batch failed 5 times at the same committed offsets {('s', 0): 8}")
 
+    from stream_ae.sources import kafka as kafka_source
+
     monkeypatch.setattr(service_main, "run_service", gives_up)
+    monkeypatch.setattr(kafka_source, "probe_broker", lambda kafka: None)  # no broker here
     result = CliRunner().invoke(app, ["run"])
-    assert result.exit_code == 1
-    assert "gave up: a batch failed 5 times" in result.output
+    assert result.exit_code == 1, result.output
+    shown = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert "gave up: a batch failed 5 times" in shown
