@@ -39,6 +39,7 @@ from stream_ae.detect.calibrate import TailCalibrator, grade
 from stream_ae.detect.evidence import EvidenceAccumulator, threshold_for_rate
 from stream_ae.detect.incidents import IncidentTracker, IncidentUpdate
 from stream_ae.types import F32, F64, I64, Bool
+from stream_ae.windowing import RecordWindow
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,7 @@ class DecisionLayer:
         # the evidence of normal records only, to learn how often it runs high on this
         # stream (consecutive scores are correlated: lags share inputs, sensors drift)
         self._null = EvidenceAccumulator(k=c.evidence_k, cap=1e4, max_keys=max_keys)
-        self._null_s = np.zeros(0)
-        self._null_pos = 0
+        self._null_s = RecordWindow(c.calibration_window)
         self._null_new = 0
         self._cal = TailCalibrator(window=c.calibration_window, min_count=c.min_scores,
                                    key_min_count=c.key_min_records, max_keys=max_keys)
@@ -96,11 +96,6 @@ class DecisionLayer:
         self.attribution = SensorAttribution(self.sensor_names, lags, diffs)
 
     @property
-    def evidence_level(self) -> float:
-        """``h``: the evidence a key needs for its records to be flagged."""
-        return self._h
-
-    @property
     def held(self) -> list[str]:
         """Keys whose new normal waits for :meth:`rebase`."""
         return self._inc.held
@@ -108,10 +103,6 @@ class DecisionLayer:
     def typical_score(self, key: str) -> float:
         """The key's typical normal score (``exp`` of its calibration level)."""
         return float(np.exp(self._cal.levels([key])[0]))
-
-    def survival(self, keys: Sequence[str], scores: F64) -> F64:
-        """Tail probabilities (no side effects)."""
-        return self._cal.survival(keys, scores)
 
     def decide(self, keys: Sequence[str], scores: F64, times: F64, ids: I64, errors: F32,
                legacy: Bool | None = None) -> Decided:
@@ -174,24 +165,19 @@ class DecisionLayer:
         its 98 % quantile ``s0``; ``h`` is where that tail falls to the evidence share of the
         budget (never below the level for independent records, :func:`threshold_for_rate`).
         Correlated scores (shared lag inputs, slowly moving sensors) raise it."""
-        s = self._null.update(keys, p)
-        w = self.config.calibration_window
-        if self._null_s.size < w:
-            self._null_s = np.concatenate([self._null_s, s])[-w:]
-        else:
-            s = s[-w:]
-            idx = (self._null_pos + np.arange(s.size)) % w
-            self._null_s[idx] = s
-            self._null_pos = int((self._null_pos + s.size) % w)
-        if self._null_s.size < self.config.min_scores:
+        s = self._null.update(keys, p)[-self._null_s.size:]
+        self._null_s.push(s=s)
+        n = len(self._null_s)
+        if n < self.config.min_scores:
             return
         self._null_new += s.size
-        if self._null_new < min(4096, self._null_s.size):
+        if self._null_new < min(4096, n):
             return  # refitted every 4096 values (and while the window fills, as it doubles)
         self._null_new = 0
-        s0 = float(np.quantile(self._null_s, 0.98))
-        above = self._null_s[self._null_s > s0] - s0
-        q0 = above.size / self._null_s.size
+        window = self._null_s.column("s")
+        s0 = float(np.quantile(window, 0.98))
+        above = window[window > s0] - s0
+        q0 = above.size / n
         mu = float(above.mean()) if above.size else 0.0
         h = s0 + mu * math.log(q0 / self._rate_ev) if q0 > self._rate_ev and mu > 0 else s0
         self._h = max(self._h_iid, float(h))
@@ -211,16 +197,15 @@ class DecisionLayer:
     def get_state(self) -> dict[str, Any]:
         return {"calibrator": self._cal.get_state(), "evidence": self._ev.get_state(),
                 "incidents": self._inc.get_state(), "null": self._null.get_state(),
-                "null_s": self._null_s.copy(), "null_pos": self._null_pos,
-                "null_new": self._null_new, "h": self._h}
+                "null_s": self._null_s.get_state(), "null_new": self._null_new, "h": self._h}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._cal.set_state(state["calibrator"])
         self._ev.set_state(state["evidence"])
         self._inc.set_state(state["incidents"])
         self._null.set_state(state["null"])
-        self._null_s = np.asarray(state["null_s"], dtype=np.float64)
-        self._null_pos, self._h = int(state["null_pos"]), float(state["h"])
+        self._null_s.set_state(state["null_s"])
+        self._h = float(state["h"])
         self._null_new = int(state["null_new"])
         self._ev.cap = self.config.evidence_cap * self._h
 
