@@ -45,7 +45,7 @@ from stream_ae.records import (
 from stream_ae.types import F32, F64, I64
 from stream_ae.windowing import FeatureStage, RecordWindow, feature_names
 
-STATE_SCHEMA = 1
+STATE_SCHEMA = 2  # 2: decision state (calibration, evidence, incidents), quarantine, keys
 _LOG_EPS = 1e-12
 _MIN_STRIDE = 16
 
