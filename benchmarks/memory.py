@@ -77,6 +77,9 @@ def per_key(keys: int, lags: int) -> None:
             ks = [f"key-{phase}-{i:07d}" for i in range(s, min(keys, s + 4096))]
             eng.step(batch(rng, ks, 1e6 + s))
         marks.append(settled_rss())
+        if phase == 0:  # the eviction phase below is slow on a loaded machine: print now
+            print(f"after {keys:,} new keys: {(marks[0] - base) / keys:,.0f} bytes per key "
+                  f"({base / 2**20:.0f} -> {marks[0] / 2**20:.0f} MiB)", flush=True)
     print(f"| lags | keys | RSS before | after {keys:,} keys | bytes per key "
           f"| after {2 * keys:,} keys (max_keys {keys:,}) |")
     print("|---:|---:|---:|---:|---:|---:|")
