@@ -175,9 +175,14 @@ def service_soak(seconds: float, rate: int, every: float, fleet: int,
         x[feed.rng.random(n) < anomaly_rate] += 8.0
         now = time.time()
         for row, k in zip(x.tolist(), feed.rng.integers(0, fleet, n).tolist(), strict=True):
-            feed.producer.produce(topic, orjson.dumps(
-                {"key": f"dev-{k}", "ts": now, **dict(zip(lat.NAMES, row, strict=True))}),
-                partition=feed.i % lat.PARTITIONS)
+            doc = orjson.dumps(
+                {"key": f"dev-{k}", "ts": now, **dict(zip(lat.NAMES, row, strict=True))})
+            while True:
+                try:
+                    feed.producer.produce(topic, doc, partition=feed.i % lat.PARTITIONS)
+                    break
+                except BufferError:  # the broker is slower than the feed: wait for it
+                    feed.producer.poll(0.1)
             feed.i += 1
         feed.producer.poll(0)
 
