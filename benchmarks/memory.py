@@ -127,7 +127,7 @@ def _rss_of(pid: int) -> int:
 def _retained_topic(bootstrap: str, topic: str, partitions: int, retention_ms: int) -> None:
     """The input topic with a short retention: a 30-minute feed at 20k records/s is 36M
     records, more than the memory engine of the test broker should hold."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     fut = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1,
