@@ -26,16 +26,19 @@
    ``commit_transaction`` succeeds, yet ``committed()`` (either isolation level) keeps
    returning an older transaction's offsets for tens of seconds, later ones never; e.g.
    transaction 206 of 233 stayed the visible one, 67k records per partition behind the
-   service's last commit (/tmp/stall notes in the stall helper's report). The committed
-   sum is printed too, for comparison; it is exact on Apache Kafka (``--bootstrap``).
+   service's last commit (so a restart finds its checkpoints ahead of the committed
+   offsets, warns ``checkpoint_ahead_of_commit`` and resumes at the checkpoint, as
+   designed). The committed sum is printed too; it is exact on Apache Kafka.
    The service's consumer runs with ``fetch.wait.max.ms`` 500 here instead of the
-   service's 10: once a partition's log in the test broker's memory engine is ~200k
-   records (~400 MiB in the broker; sooner under load), the broker needs more than 10 ms
-   to read a fetch and answers it *empty* at the deadline, every time, so a consumer with
-   the service's setting reads nothing more (the service sat idle in ``consume`` with a lag
-   of 11-47k records per partition while the broker spun at 100 % of a core answering its
-   fetches; a fresh consumer with the same settings read 0 records in 15 s from those
-   positions, the same with ``fetch.wait.max.ms`` 500 read 565k in 8 s). Apache Kafka
+   service's 10: under load (here after ~650k records, ~210k per partition in the log and
+   ~400 MiB in the broker, at 5k rec/s) the test broker starts answering the service's
+   fetches *empty* at the 10 ms deadline; the consumer asks again at once, which keeps the
+   broker busy (100 % of a core, 15 % with the service stopped), and the service sits
+   idle in ``consume`` with a lag of 11-47k records per partition from then on. In that
+   state a fresh consumer with the service's settings read 0 records in 15 s from the
+   service's positions; with ``fetch.wait.max.ms`` 500 it read 565k in 8 s, and a
+   service run with 500 processed all of 1.5M records fed (5k rec/s, 300 s). Unloaded,
+   a 600k-record partition is read fine with 10 ms. Apache Kafka
    answers a fetch as soon as ``fetch.min.bytes`` are there, whatever the wait.
 
     .venv/bin/python benchmarks/memory.py [--keys 100000] [--soak-s 1800] [--rate 20000]
