@@ -177,7 +177,7 @@ class DriftMonitor:
             level_after = float(after) if after is not None else float(seen[-32:].mean())
             width = int(getattr(self._det, "width", 32))
         before = float(seen[: max(1, self._n - width)].mean())
-        return Detection(index, before, level_after, level_after - before >= self.min_rise)
+        return Detection(index, before, level_after, bool(level_after - before >= self.min_rise))
 
     def get_state(self) -> dict[str, Any]:
         """Plain data: the values fed to the current detector instance."""
