@@ -18,6 +18,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -492,7 +493,7 @@ class Engine:
         edges = np.linspace(0, n, folds + 1).astype(np.int64)
         out = np.empty(n)
         twin = copy.deepcopy(self._model)
-        for a, b in zip(edges[:-1], edges[1:], strict=True):
+        for a, b in itertools.pairwise(edges.tolist()):
             twin.fit_pca(np.concatenate([xs[:a], xs[b:]]))
             out[a:b] = twin.score_many(xs[a:b])[0]
         return out

@@ -15,7 +15,6 @@ the one that was snapshotted.
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
