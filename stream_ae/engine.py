@@ -18,7 +18,6 @@ uninterrupted run.
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -467,36 +466,13 @@ class Engine:
         if hold:
             self._fit_warmup(xs, max(1, round(tr.warmup_epochs * tr.holdout)))
         self._thr.prime(init)
-        cross = self._cross_scores(xs)
-        if cross is not None:
-            # every warm-up record scored by a model that never saw it: an honest start
-            self._dec.prime(self._warm_keys[-n:], cross)
-        else:
-            # the held-out scores and, so that a short warm-up still leaves a tail to fit,
-            # the in-sample ones of the first fit
-            both = np.concatenate([fitted, init]) if hold else init
-            self._dec.prime(self._warm_keys[-n:][: both.size], both)
+        # the calibration starts from every warm-up score: the held-out ones and, so that a
+        # short warm-up still leaves a tail to fit, the in-sample ones of the first fit
+        both = np.concatenate([fitted, init]) if hold else init
+        self._dec.prime(self._warm_keys[-n:][: both.size], both)
         self._warm_keys = []
         self._replay.push(x=x, s=self._model.score_many(xs)[0])
         self._warm = RecordWindow(1)
-
-    def _cross_scores(self, xs: F32, folds: int = 5) -> F64 | None:
-        """Out-of-sample scores of every warm-up record, by cross-fitting (PCA warm-up fit
-        only: one SVD per fold): fold ``j`` of ``folds`` contiguous blocks is scored by a copy
-        of the model fitted on the others. In-sample scores of a fit on a few hundred records
-        are optimistic (a PCA of 72 inputs on 320 rows fits noise too): a calibration started
-        from them reads ordinary test scores as rare. None when the warm-up fit is not PCA."""
-        n = xs.shape[0]
-        if (self.config.training.warmup_fit != "pca" or not self._model.is_linear
-                or n < 2 * folds):
-            return None
-        edges = np.linspace(0, n, folds + 1).astype(np.int64)
-        out = np.empty(n)
-        twin = copy.deepcopy(self._model)
-        for a, b in itertools.pairwise(edges.tolist()):
-            twin.fit_pca(np.concatenate([xs[:a], xs[b:]]))
-            out[a:b] = twin.score_many(xs[a:b])[0]
-        return out
 
     # ------------------------------------------------------------------ learning
     def _fit_warmup(self, xs: F32, epochs: int) -> None:

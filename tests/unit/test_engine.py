@@ -433,19 +433,3 @@ def test_per_row_model_versions_do_not_depend_on_batching(data: Batch) -> None:
     assert whole.model_versions[0] == 0 and whole.model_versions[-1] > 0
     assert [r.model_version for r in parts][-1] == whole.model_version
 
-
-def test_calibration_starts_from_out_of_sample_warmup_scores() -> None:
-    """With the PCA warm-up fit, a few hundred records of 72 inputs (8 sensors, 8 lags) fit
-    noise too: their in-sample errors are optimistic. The calibration starts from
-    cross-fitted scores, so ordinary records after the warm-up are not read as rare: about
-    10 % of them have p < 0.1 (grade > 0.1); from the in-sample scores, 13.7 %."""
-    rng = np.random.default_rng(11)
-    a = rng.normal(size=(8, 8))
-    x = rng.normal(size=(3400, 8)) @ a / np.sqrt(8)
-    cfg = EngineConfig(training=TrainingConfig(warmup=400),
-                       decision=DecisionConfig(min_scores=100))
-    eng = Engine(cfg, [f"s{j}" for j in range(8)])
-    res = eng.step(Batch.from_arrays(x, keys=["k"] * len(x),
-                                     timestamps=np.arange(len(x), dtype=float)))
-    g = res.grades[~res.warmup]
-    assert 0.07 < float(np.mean(g[:1000] > 0.1)) < 0.12
