@@ -11,6 +11,7 @@ protocols (``stream_ae.sources.checks``, ``stream_ae.sinks.checks``,
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -48,7 +49,7 @@ def decisions(results: list[StepResult]) -> dict[str, list[object]]:
 
 def steps(det: Detector, batch: Batch, cuts: list[int]) -> list[StepResult]:
     bounds = [0, *cuts, len(batch)]
-    return [det.step(batch.slice(a, b)) for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [det.step(batch.slice(a, b)) for a, b in itertools.pairwise(bounds)]
 
 
 def check_implements_the_protocol(subject: Subject) -> None:

@@ -18,6 +18,7 @@ run every check against every implementation.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -68,7 +69,7 @@ def check_block(block: RawBlock) -> None:
     assert isinstance(block, RawBlock)
     assert len(block) > 0
     assert len(block.values) == len(block.keys) == len(block.timestamps_ms) == len(block)
-    assert all(b > a for a, b in zip(block.offsets, block.offsets[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(block.offsets))
 
 
 def drain(subject: GroupSubject, src: GroupSource, want: Mapping[TP, int], max_n: int = 1000
