@@ -48,7 +48,7 @@ class GroupSubject:
     """
 
     make: Callable[[str, StartPositions | None], GroupSource]
-    data: Mapping[TP, Sequence[bytes]]
+    data: Mapping[TP, Sequence[bytes | None]]
     timeout: float = 0.0
     max_polls: int = 100
 
@@ -92,7 +92,8 @@ def drain(subject: GroupSubject, src: GroupSource, want: Mapping[TP, int], max_n
 
 
 def _all(subject: GroupSubject, start: int = 0) -> dict[TP, list[tuple[int, bytes | None]]]:
-    return {tp: list(enumerate(values))[start:] for tp, values in subject.data.items()}
+    return {tp: [(o, v) for o, v in enumerate(values)][start:]
+            for tp, values in subject.data.items()}
 
 
 def _counts(subject: GroupSubject, start: int = 0) -> dict[TP, int]:
