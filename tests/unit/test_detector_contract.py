@@ -19,17 +19,15 @@ from stream_ae.config import (
 from stream_ae.engine import Engine
 from stream_ae.records import Batch
 from stream_ae.testing import ThresholdEngine
+from tests.streams import latent
 
 CHECKS = list(yield_checks())
 NAMES = ("a", "b", "c")
 
 
 def stream(n: int = 900, seed: int = 0) -> Batch:
-    """Correlated readings with a few spikes and one non-finite row."""
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=(n, 1))
-    x = np.hstack([z, 2 * z, -z]) + 0.1 * rng.normal(size=(n, 3))
-    x[[500, 620, 777]] += 9.0
+    """Correlated readings with spikes and one non-finite row."""
+    x = latent(n, seed, loadings=[[1.0, 2.0, -1.0]], spikes=15)
     x[300, 1] = np.nan
     return Batch.from_arrays(x, keys=[f"k{i % 2}" for i in range(n)],
                              timestamps=np.arange(n, dtype=float))

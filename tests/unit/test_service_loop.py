@@ -18,6 +18,7 @@ from stream_ae.service.main import EngineFactory, build_loop, engine_factory, ru
 from stream_ae.sinks.memory import MemorySink
 from stream_ae.sources.memory import MemoryGroupSource
 from stream_ae.testing import FixedClock, ThresholdEngine
+from tests.streams import gaussian, messages
 
 NAMES = ("a", "b", "c")
 TP0 = ("s", 0)
@@ -39,13 +40,8 @@ def small_settings(tmp: pathlib.Path, max_records: int = 64, **kw: object) -> Se
 
 
 def stream(n: int, seed: int = 0) -> tuple[list[bytes], np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, len(NAMES)))
-    x[rng.choice(np.arange(150, n), size=n // 50, replace=False)] += 8.0
-    msgs = [orjson.dumps({"key": f"k{i % 3}", "ts": 1000.0 + i,
-                          **dict(zip(NAMES, row.tolist(), strict=True))})
-            for i, row in enumerate(x)]
-    return msgs, x
+    x, _ = gaussian(n, len(NAMES), seed, anomalies=n // 50, after=150, shift=8.0)
+    return messages(x, NAMES), x
 
 
 def offline_flags(settings: Settings, x: np.ndarray) -> list[int]:
