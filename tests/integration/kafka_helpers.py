@@ -12,9 +12,7 @@ import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from stream_ae.config import Settings
-from stream_ae.decode import Decoder
-from stream_ae.engine import Engine
-from stream_ae.records import Batch, RawBlock
+from tests import oracle
 from tests.streams import gaussian, messages
 
 NAMES = ("a", "b", "c", "d")
@@ -118,9 +116,4 @@ def wait_committed(bootstrap: str, group: str, topic: str, ends: Sequence[int],
 def offline_alert_offsets(settings: Settings, topic: str, partition: int,
                           values: Sequence[bytes | None]) -> list[int]:
     """What an uninterrupted offline engine flags on the same partition's records."""
-    block = RawBlock(topic, partition, list(range(len(values))), list(values),
-                     [None] * len(values), [None] * len(values))
-    decoded = Decoder(NAMES, settings.record, settings.engine.features.missing).decode(block)
-    res = Engine(settings.engine, NAMES).step(Batch(decoded.batch.keys, decoded.batch.timestamps,
-                                                    decoded.batch.values))
-    return decoded.offsets[res.is_anomaly].tolist()
+    return oracle.alert_offsets(settings, values, NAMES, topic, partition)

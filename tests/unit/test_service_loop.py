@@ -12,12 +12,12 @@ from structlog.testing import capture_logs
 from stream_ae.checkpoint import CheckpointStore
 from stream_ae.config import Settings
 from stream_ae.engine import Engine
-from stream_ae.records import Batch
 from stream_ae.service.loop import ServiceLoop
 from stream_ae.service.main import EngineFactory, build_loop, engine_factory, run_restarting
 from stream_ae.sinks.memory import MemorySink
 from stream_ae.sources.memory import MemoryGroupSource
 from stream_ae.testing import FixedClock, ThresholdEngine
+from tests import oracle
 from tests.streams import gaussian, messages
 
 NAMES = ("a", "b", "c")
@@ -45,10 +45,7 @@ def stream(n: int, seed: int = 0) -> tuple[list[bytes], np.ndarray]:
 
 
 def offline_flags(settings: Settings, x: np.ndarray) -> list[int]:
-    eng = Engine(settings.engine, NAMES)
-    keys = [f"k{i % 3}" for i in range(len(x))]
-    res = eng.step(Batch.from_arrays(x, keys=keys, timestamps=1000.0 + np.arange(len(x))))
-    return np.flatnonzero(res.is_anomaly).tolist()
+    return oracle.alert_offsets(settings, messages(x, NAMES), NAMES)
 
 
 RULES: EngineFactory = (lambda n: ThresholdEngine(n, 5.0), ThresholdEngine.restore)
