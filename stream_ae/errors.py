@@ -7,7 +7,6 @@
     │   └── ConfigMismatchError a checkpoint's learned state contradicts the config (``fields``)
     ├── DecodeError            a message that cannot become a record (carries ``reason``)
     ├── SnapshotError          a snapshot/checkpoint that cannot be read or does not fit
-    │   └── CheckpointNotFound no usable checkpoint in the store
     ├── StoreError             the checkpoint store cannot be reached or written
     ├── SourceError            the input side failed (wraps confluent_kafka / file errors)
     │   ├── InputFileError     an input file that cannot be read (missing, unreadable, bad format)
@@ -62,10 +61,6 @@ class DecodeError(StreamAEError):
 
 class SnapshotError(StreamAEError):
     """A snapshot or checkpoint that cannot be read, or that does not fit the config."""
-
-
-class CheckpointNotFound(SnapshotError):
-    """No usable checkpoint in the store."""
 
 
 class StoreError(StreamAEError):

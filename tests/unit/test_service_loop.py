@@ -148,6 +148,32 @@ def test_revoke_checkpoints_and_hands_over(tmp_path: pathlib.Path) -> None:
     assert ids == [f"s/0/{o}" for o in offline_flags(settings, x)]
 
 
+def test_lost_partition_is_dropped_without_a_checkpoint(tmp_path: pathlib.Path) -> None:
+    """A lost partition already belongs to someone else: no checkpoint of it is written
+    (it could overwrite the new owner's); the new owner replays from the committed offset
+    and the alerts of both add up to the offline run's."""
+    settings = small_settings(tmp_path)
+    msgs, x = stream(300, seed=2)
+    src = MemoryGroupSource({TP0: msgs})
+    sink = MemorySink(src.committer())
+    loop = make(settings, src, sink)
+    store = CheckpointStore(settings.checkpoint.directory)
+    with capture_logs():
+        loop.open()
+        for _ in range(4):  # 256 records: checkpointed at 192, then 64 more processed
+            loop.cycle(idle_timeout=0.0)
+        loop.flush()
+        before = [c.position for c in store.valid(*TP0)]
+        assert loop.positions()[TP0] > before[0]  # state a revocation would checkpoint
+        src.lose([TP0])
+        loop.cycle(idle_timeout=0.0)
+    assert loop.positions() == {}
+    assert [c.position for c in store.valid(*TP0)] == before
+    other = run(settings, MemoryGroupSource({TP0: msgs}, committed=src.committed))
+    ids = [a.alert_id for a in sink.alerts + other.alerts]
+    assert ids == [f"s/0/{o}" for o in offline_flags(settings, x)]
+
+
 def test_feature_names_inferred_and_persisted(tmp_path: pathlib.Path) -> None:
     settings = small_settings(tmp_path, engine={"features": {"names": []}})
     msgs = [b"junk"] + [orjson.dumps({"key": "k", "ts": 1.0, "u": 1.0, "site": "x", "v": 2.0})] * 5
