@@ -121,11 +121,16 @@ def wait_committed(bootstrap: str, group: str, topic: str, ends: Sequence[int],
 
 
 def offline_alert_offsets(settings: Settings, topic: str, partition: int,
-                          values: Sequence[bytes | None]) -> list[int]:
-    """What an uninterrupted offline engine flags on the same partition's records."""
+                          values: Sequence[bytes | None], chunk: int | None = None) -> list[int]:
+    """What an uninterrupted offline engine flags on the same partition's records (stepped
+    ``chunk`` records at a time, default all at once: results do not depend on the split)."""
     block = RawBlock(topic, partition, list(range(len(values))), list(values),
                      [None] * len(values), [None] * len(values))
     decoded = Decoder(NAMES, settings.record, settings.engine.features.missing).decode(block)
-    res = Engine(settings.engine, NAMES).step(Batch(decoded.batch.keys, decoded.batch.timestamps,
-                                                    decoded.batch.values))
-    return decoded.offsets[res.is_anomaly].tolist()
+    engine, b = Engine(settings.engine, NAMES), decoded.batch
+    step = chunk or max(len(b.keys), 1)
+    flagged = [engine.step(Batch(b.keys[i:i + step], b.timestamps[i:i + step],
+                                 b.values[i:i + step])).is_anomaly
+               for i in range(0, len(b.keys), step)]
+    mask = np.concatenate(flagged) if flagged else np.zeros(0, dtype=bool)
+    return decoded.offsets[mask].tolist()
