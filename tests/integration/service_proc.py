@@ -261,12 +261,14 @@ def ready_events(svc: ServiceProcess) -> list[dict[str, Any]]:
 
 def restored_after_first(events: Sequence[dict[str, Any]]) -> tuple[int, int]:
     """(handovers, of which re-warmed): a partition's readiness after its first one must
-    come from a restored checkpoint."""
-    seen: set[int] = set()
+    come from a restored engine checkpoint, or from its origin checkpoint (a fresh engine
+    where the partition first started, written before its first record: the replay from
+    there rebuilds the same state). A fresh engine anywhere else is a re-warm."""
+    origin: dict[int, int] = {}
     handovers = rewarmed = 0
     for e in events:
-        if e["partition"] in seen:
+        if e["partition"] in origin:
             handovers += 1
-            rewarmed += not e["restored"]
-        seen.add(e["partition"])
+            rewarmed += not e["restored"] and e["start"] != origin[e["partition"]]
+        origin.setdefault(e["partition"], e["start"])
     return handovers, rewarmed

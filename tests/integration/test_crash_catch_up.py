@@ -6,8 +6,10 @@ backlog, and while its transactions are open; restart it after each kill.
   the previous kill), and once within a second of a restart, while it replays from its
   checkpoints up to the committed offsets (no commit may have happened since the previous
   kill).
-* **Open transactions**: the stream arrives in bursts and the service is killed the moment
-  a ``read_uncommitted`` reader sees alerts of a batch whose offsets are not committed yet.
+* **Open transactions**: the stream arrives in bursts, each with 40 invalid messages of
+  400 kB early on (their batch's transaction writes 16 MB of dead letters after its
+  alerts), and the service is killed the moment a ``read_uncommitted`` reader sees alerts
+  of a batch whose offsets are not committed yet.
   After each kill, outputs of input offsets at or above the committed offset that a
   ``read_uncommitted`` reader sees and a ``read_committed`` reader does not prove that the
   kill landed inside an open transaction; the restart (same ``transactional.id``) aborts it.
@@ -57,6 +59,10 @@ from stream_ae.testing import external_bootstrap
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 BAD = b"{oops"
+#: invalid JSON of 400 kB: a burst holding some makes its batch's transaction write
+#: megabytes of dead letters after its alerts, so the transaction stays open for a while
+BIG_BAD_HEAD = b'{"big": "'
+BIG_BAD = BIG_BAD_HEAD + b"x" * 400_000
 
 
 def stream(p: int, n: int, seed: int, bad_every: int) -> list[bytes]:
@@ -83,6 +89,10 @@ def make_topics(bootstrap: str, tag: str, parts: int) -> dict[str, str]:
     return names
 
 
+def is_bad(value: bytes) -> bool:
+    return value == BAD or value.startswith(BIG_BAD_HEAD)
+
+
 def finish_and_check(svc: ServiceProcess, bootstrap: str, topics: dict[str, str],
                      settings: Settings, data: dict[int, list[bytes]]) -> dict[str, Any]:
     """Restart, run to the end, stop cleanly; account every output against the oracle."""
@@ -101,7 +111,7 @@ def finish_and_check(svc: ServiceProcess, bootstrap: str, topics: dict[str, str]
     dead = {(int(dict(m.headers())["stream-ae.source-partition"]),
              int(dict(m.headers())["stream-ae.source-offset"]))
             for m in read_all(bootstrap, topics["dlq"])}
-    assert dead == {(p, o) for p, v in data.items() for o, x in enumerate(v) if x == BAD}
+    assert dead == {(p, o) for p, v in data.items() for o, x in enumerate(v) if is_bad(x)}
     handovers, rewarmed = restored_after_first(ready_events(svc))
     assert rewarmed == 0 and handovers >= parts * (svc.starts - 1)
     store = build_store(settings)
@@ -114,7 +124,7 @@ def finish_and_check(svc: ServiceProcess, bootstrap: str, topics: dict[str, str]
     for p, values in data.items():  # state continued across every kill
         ck = final[p]
         assert ck is not None and ck.position == len(values)
-        assert ck.meta["records_seen"] == sum(v != BAD for v in values)
+        assert ck.meta["records_seen"] == sum(not is_bad(v) for v in values)
     if external_bootstrap():
         assert acc.duplicate_alerts == 0
     return {"messages": sum(len(v) for v in data.values()), "alerts": acc.alerts,
@@ -246,6 +256,9 @@ def test_sigkill_inside_open_transactions(bootstrap: str, tag: str,
     group = settings.kafka.group_id
     data = {p: stream(p, n, 700, 8000) for p in range(parts)}
     step = n // bursts
+    for b in range(bursts):  # in the first batch of every burst
+        for o in range(b * step + 300, b * step + 340):
+            data[0][o] = BIG_BAD
     svc = ServiceProcess(write_config(cfg, tmp_path / "service.yaml"), tmp_path / "service.log",
                          topics["decisions"], sample_every=0.5)
     watch = UncommittedWatch(bootstrap, topics["alerts"])

@@ -70,8 +70,9 @@ class Feeder(threading.Thread):
     def __init__(self, bootstrap: str, topic: str, partitions: int, rate: float) -> None:
         super().__init__(daemon=True)
         self.topic, self.partitions, self.rate = topic, partitions, rate
-        # large produce requests: the broker stores each one as an object on S3
-        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1000,
+        # large produce requests: the broker stores each one as an object on S3, and a
+        # fetch lists a partition's objects (its cost grows with their number)
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5000,
                                   "batch.num.messages": 100_000, "batch.size": 4_000_000,
                                   "log_level": 2,  # the broker restart is expected
                                   "enable.idempotence": False, "acks": "all",
@@ -157,8 +158,9 @@ def soak_config(bootstrap: str, tag: str, workdir: pathlib.Path, guarantee: str
         extra["enable.idempotence"] = "false"
     # the test broker's S3 engine answers a fetch empty when reading the log takes longer
     # than fetch.wait.max.ms, even though records are there: the service's 10 ms starves
-    # once the log has grown (a consumer with it read 0 of 59,690 records, with 500 ms all)
-    extra["fetch.wait.max.ms"] = "500"
+    # once the log has grown (a consumer with it read 0 of 59,690 records, with 500 ms all;
+    # 500 ms starved too after 13 minutes, 800 objects per partition, on a loaded machine)
+    extra["fetch.wait.max.ms"] = "5000"
 
     cfg = service_config(
         bootstrap, tag, workdir,
