@@ -71,9 +71,14 @@ class Feed:
         x[self.rng.random(n) < anomaly_rate] += 8.0
         now = time.time()
         for row in x.tolist():
-            self.producer.produce(self.topic, orjson.dumps(
-                {"key": f"dev-{self.i % 64}", "ts": now, **dict(zip(NAMES, row, strict=True))}),
-                partition=self.i % PARTITIONS)
+            doc = orjson.dumps(
+                {"key": f"dev-{self.i % 64}", "ts": now, **dict(zip(NAMES, row, strict=True))})
+            while True:
+                try:
+                    self.producer.produce(self.topic, doc, partition=self.i % PARTITIONS)
+                    break
+                except BufferError:  # the broker is slower than the feed: wait for it
+                    self.producer.poll(0.1)
             self.i += 1
         self.producer.poll(0)
 

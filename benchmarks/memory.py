@@ -13,8 +13,16 @@
    does not sustain 20,000 records/s here). RSS is sampled every ``--every`` seconds;
    growth is measured against the sample at the end of the first fifth of the soak (the
    warm-up of allocator pools and of the engine's windows).
+3. **Service soak** (``--service-s``, instead of 1 and 2). The service as deployed
+   (``stream-ae run``, its own process, exactly-once, default settings) on a 4-partition
+   topic of the embedded broker (or ``--bootstrap``), fed at ``--rate`` records/s of
+   ``--fleet`` keys for ``--service-s`` seconds; the service's RSS is read from
+   ``/proc/PID/status`` every ``--every`` seconds (60 is sensible here) and its committed
+   offsets are checked at the end (it kept up, or how far it fell behind). Growth is
+   measured after the first 5 minutes (or the first sixth, for shorter runs).
 
     .venv/bin/python benchmarks/memory.py [--keys 100000] [--soak-s 1800] [--rate 20000]
+    .venv/bin/python benchmarks/memory.py --service-s 1800 --rate 20000 --every 60
 """
 
 from __future__ import annotations
@@ -69,6 +77,9 @@ def per_key(keys: int, lags: int) -> None:
             ks = [f"key-{phase}-{i:07d}" for i in range(s, min(keys, s + 4096))]
             eng.step(batch(rng, ks, 1e6 + s))
         marks.append(settled_rss())
+        if phase == 0:  # the eviction phase below is slow on a loaded machine: print now
+            print(f"after {keys:,} new keys: {(marks[0] - base) / keys:,.0f} bytes per key "
+                  f"({base / 2**20:.0f} -> {marks[0] / 2**20:.0f} MiB)", flush=True)
     print(f"| lags | keys | RSS before | after {keys:,} keys | bytes per key "
           f"| after {2 * keys:,} keys (max_keys {keys:,}) |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -108,6 +119,123 @@ def soak(seconds: float, rate: int, every: float, fleet: int, lags: int) -> None
           f"peak {100 * (peak - ref) / ref:+.1f} %")
 
 
+def _rss_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+
+
+def _retained_topic(bootstrap: str, topic: str, partitions: int, retention_ms: int) -> None:
+    """The input topic with a short retention: a 30-minute feed at 20k records/s is 36M
+    records, more than the memory engine of the test broker should hold."""
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    fut = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1,
+                                        config={"retention.ms": str(retention_ms)})])
+    fut[topic].result(15)
+
+
+def service_soak(seconds: float, rate: int, every: float, fleet: int,
+                 bootstrap: str | None, retention_ms: int) -> None:
+    import pathlib
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+    import uuid
+
+    import orjson
+    import yaml
+    from confluent_kafka import Consumer, TopicPartition
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    import alert_latency as lat  # the same service config and feed as the latency benchmark
+
+    from stream_ae.apps.broker import EmbeddedBroker, create_topics
+
+    broker = None if bootstrap else EmbeddedBroker().__enter__()
+    boot = bootstrap or broker.bootstrap  # type: ignore[union-attr]
+    tag = uuid.uuid4().hex[:8]
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="stream-ae-soak-"))
+    cfg = lat.config_for(boot, tag, tmp)
+    (tmp / "service.yaml").write_text(yaml.safe_dump(cfg))
+    topic = cfg["kafka"]["input_topics"][0]
+    create_topics(boot, {cfg["kafka"]["alerts_topic"]: 1})
+    _retained_topic(boot, topic, lat.PARTITIONS, retention_ms)
+    feed = lat.Feed(boot, topic)
+    feed.send(lat.WARMUP * lat.PARTITIONS, 0.0)
+    feed.producer.flush(30)
+    log_file = open(tmp / "service.log", "wb")  # noqa: SIM115 (lives as long as the service)
+    service = subprocess.Popen([sys.executable, "-m", "stream_ae.cli", "run", "-c",
+                                str(tmp / "service.yaml")], stderr=log_file)
+    lat.wait_committed(boot, cfg["kafka"]["group_id"], topic, lat.WARMUP)
+    def send(n: int, anomaly_rate: float) -> None:  # as lat.Feed.send, keys from the fleet
+        x = feed.rng.normal(size=(n, 8)) @ feed.mix
+        x[feed.rng.random(n) < anomaly_rate] += 8.0
+        now = time.time()
+        for row, k in zip(x.tolist(), feed.rng.integers(0, fleet, n).tolist(), strict=True):
+            doc = orjson.dumps(
+                {"key": f"dev-{k}", "ts": now, **dict(zip(lat.NAMES, row, strict=True))})
+            while True:
+                try:
+                    feed.producer.produce(topic, doc, partition=feed.i % lat.PARTITIONS)
+                    break
+                except BufferError:  # the broker is slower than the feed: wait for it
+                    feed.producer.poll(0.1)
+            feed.i += 1
+        feed.producer.poll(0)
+
+    feed.send = send  # type: ignore[method-assign]
+    runner = threading.Thread(target=feed.steady, args=(rate, seconds), daemon=True)
+    start = time.monotonic()
+    runner.start()
+    samples: list[tuple[float, int, int]] = []
+    broker_rss: list[int] = []
+    while runner.is_alive():
+        samples.append((time.monotonic() - start, feed.i, _rss_of(service.pid)))
+        if broker is not None and broker._proc is not None:
+            broker_rss.append(_rss_of(broker._proc.pid))
+        runner.join(every)
+    sent = feed.i
+    c = Consumer({"bootstrap.servers": boot, "group.id": cfg["kafka"]["group_id"]})
+    deadline = time.monotonic() + 120
+    while True:  # how far behind the service is at the end (0: it kept up)
+        done = sum(tp.offset for tp in c.committed(
+            [TopicPartition(topic, p) for p in range(lat.PARTITIONS)], timeout=10))
+        if done >= sent or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    lag_s = time.monotonic() - start - seconds
+    c.close()
+    service.send_signal(signal.SIGTERM)
+    service.wait(60)
+    log_file.close()
+    if broker is not None:
+        broker.stop()
+    _print_soak(samples, seconds, rate, f"service (stream-ae run), {fleet:,} keys; "
+                f"committed {done:,} of {sent:,} records, {lag_s:.0f} s after the feed ended")
+    if broker_rss:
+        print(f"test broker RSS: {broker_rss[0] / 2**20:.0f} MiB at the start, "
+              f"{max(broker_rss) / 2**20:.0f} MiB at most (input retention {retention_ms} ms)")
+
+
+def _print_soak(samples: list[tuple[float, int, int]], seconds: float, rate: int,
+                what: str) -> None:
+    ref_t = min(300.0, seconds / 6)
+    ref_i = next(i for i, (t, _, _) in enumerate(samples) if t >= ref_t - 1)
+    ref = samples[ref_i][2]
+    print(f"\nsoak: {what}, {seconds:.0f} s at {rate:,} rec/s")
+    print(f"| elapsed s | records | RSS MiB | vs RSS at {samples[ref_i][0]:.0f} s |")
+    print("|---:|---:|---:|---:|")
+    for t, n, r in [*samples[:: max(1, len(samples) // 16)], samples[-1]]:
+        print(f"| {t:.0f} | {n:,} | {r / 2**20:.1f} | {100 * (r - ref) / ref:+.1f} % |")
+    peak = max(r for _, _, r in samples[ref_i:])
+    end = samples[-1][2]
+    print(f"growth after {samples[ref_i][0]:.0f} s: end {100 * (end - ref) / ref:+.1f} %, "
+          f"peak {100 * (peak - ref) / ref:+.1f} %")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keys", type=int, default=100_000)
@@ -116,7 +244,19 @@ def main() -> None:
     ap.add_argument("--rate", type=int, default=20_000)
     ap.add_argument("--every", type=float, default=10.0)
     ap.add_argument("--fleet", type=int, default=50_000)
+    ap.add_argument("--service-s", type=float, default=0.0,
+                    help="soak the service (stream-ae run) this long instead")
+    ap.add_argument("--bootstrap", default=None)
+    ap.add_argument("--retention-ms", type=int, default=120_000,
+                    help="input topic retention of the service soak")
     args = ap.parse_args()
+    if args.service_s > 0:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+        print(f"load average before: {os.getloadavg()[0]:.2f}")
+        service_soak(args.service_s, args.rate, args.every, args.fleet, args.bootstrap,
+                     args.retention_ms)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return
     import torch
 
     torch.set_num_threads(1)

@@ -32,6 +32,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from stream_ae.model.adamw import FusedAdamW
 from stream_ae.model.network import Autoencoder, SeededDropout
 
 F32 = npt.NDArray[np.float32]
@@ -164,16 +165,14 @@ class OnlineAutoencoder:
         if not self._built:
             self._build()
         self._set_training(True)
-        for group in self._opt.param_groups:
-            group["lr"] = self.lr * lr_scale
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
         per_row = (self._net(xt) - xt).square().mean(dim=1)
         if weights is not None:
             per_row = per_row * torch.from_numpy(weights.astype(np.float32))
         loss = per_row.mean()
-        self._opt.zero_grad(set_to_none=True)
+        self._opt.zero_grad()
         loss.backward()
-        self._opt.step()
+        self._opt.step(self.lr * lr_scale)
         self._plan = None
         self._n_steps += 1
         return float(loss.detach())
@@ -215,10 +214,10 @@ class OnlineAutoencoder:
         self._opt = self._new_optimizer()
         self._plan = None
 
-    def _new_optimizer(self) -> torch.optim.AdamW:
-        return torch.optim.AdamW(
-            self._net.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True
-        )
+    def _new_optimizer(self) -> FusedAdamW:
+        # torch.optim.AdamW(fused=True)'s update without torch.optim, which imports
+        # torch._dynamo (see stream_ae.model.adamw)
+        return FusedAdamW(self._net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def _set_training(self, mode: bool) -> None:
         if self._net.training != mode:  # Module.train() walks every submodule: skip no-ops
