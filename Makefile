@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint docs docs-serve bench quality demo clean
+.PHONY: setup test test-fast soak lint docs docs-serve bench quality demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -25,6 +25,9 @@ test: setup  ## the whole suite: unit, property, doctests, integration against a
 
 test-fast: setup  ## everything but the broker tests
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+soak: setup  ## SOAK_SECONDS (1800) of steady input with service SIGKILLs and a broker restart; table on stdout
+	$(BIN)/python tests/soak/soak.py
 
 lint: setup
 	$(BIN)/ruff check stream_ae tests benchmarks docs

@@ -138,6 +138,9 @@ def backtest_cmd(
     to: Annotated[str | None, typer.Option(help="end (of each partition) or a time.")] = None,
     from_checkpoint: Annotated[pathlib.Path | None, typer.Option(
         help="Start from a checkpoint file or checkpoint directory.")] = None,
+    from_store: Annotated[bool, typer.Option(
+        "--from-store", help="Start from the newest checkpoints in the configured store "
+        "(checkpoint.store: directory, kafka or s3).")] = False,
     alerts_topic: Annotated[str | None, typer.Option(
         help="Publish replay alerts here (never the live alerts topic).")] = None,
     alerts_file: Annotated[pathlib.Path | None, typer.Option(
@@ -166,7 +169,7 @@ def backtest_cmd(
 
         probe_broker(settings.kafka)
         inp = bt.TopicInput(topic, parse_start(from_), parse_end(to), from_checkpoint,
-                            alerts_file, alerts_topic)
+                            alerts_file, alerts_topic, from_store)
         summary = bt.run_topic_backtest(settings, inp, output, not no_progress, report)
     elif source is not None:
         cols = Columns(timestamp_column, label_column, key_column, names)

@@ -22,7 +22,8 @@ import structlog
 from stream_ae.backtest.collect import BacktestSummary, ResultCollector, finish, rejected_rows
 from stream_ae.backtest.console import progress_bar
 from stream_ae.backtest.predictions import PredictionWriter, prediction_frame
-from stream_ae.checkpoint import CheckpointStore, read_checkpoint
+from stream_ae.checkpoint import Checkpoint, CheckpointStore, read_checkpoint
+from stream_ae.checkpoint.base import Store, build_store
 from stream_ae.config import EngineConfig, Settings
 from stream_ae.decode import FeatureSchema
 from stream_ae.errors import ConfigError, SourceError
@@ -175,24 +176,24 @@ class TopicInput:
     from_checkpoint: pathlib.Path | None = None
     alerts_file: pathlib.Path | None = None
     alerts_topic: str | None = None
+    #: start from the newest checkpoints in the configured store (``checkpoint.store``:
+    #: directory, kafka or s3) instead of the files at ``from_checkpoint``
+    from_store: bool = False
 
 
 def _restored(settings: Settings, inp: TopicInput
               ) -> tuple[dict[int, Detector], tuple[str, ...] | None, dict[int, int] | None]:
-    """Engines, feature names and start offsets from ``--from-checkpoint`` (file or store)."""
+    """Engines, feature names and start offsets from ``--from-checkpoint`` (a file or a
+    checkpoint directory) or ``--from-store`` (the configured store)."""
     from stream_ae.engine import restore_under
 
-    if inp.from_checkpoint is None:
+    if inp.from_checkpoint is None and not inp.from_store:
         return {}, None, None
-    path = inp.from_checkpoint
-    if path.is_file():
-        ckpts = [read_checkpoint(path)]
-    else:
-        parts = sorted(int(p.name) for p in (path / inp.topic).glob("*") if p.name.isdigit())
-        store = CheckpointStore(path)
-        ckpts = [c for c in (store.load(inp.topic, p) for p in parts) if c is not None]
+    if inp.from_checkpoint is not None and inp.from_store:
+        raise ConfigError("give --from-checkpoint or --from-store, not both")
+    ckpts, where = _checkpoints(settings, inp)
     if not ckpts:
-        raise ConfigError(f"no checkpoint of topic {inp.topic} at {path}")
+        raise ConfigError(f"no checkpoint of topic {inp.topic} at {where}")
     engines: dict[int, Detector] = {}
     for c in ckpts:
         if c.engine is not None:
@@ -200,9 +201,24 @@ def _restored(settings: Settings, inp: TopicInput
             engines[c.partition] = restore_under(c.engine, settings.engine,
                                                  settings.checkpoint.on_config_mismatch)
     offsets = {c.partition: c.position for c in ckpts} if inp.start.kind == "beginning" else None
-    log.info("backtest_from_checkpoint", path=str(path), partitions=sorted(engines),
+    log.info("backtest_from_checkpoint", path=where, partitions=sorted(engines),
              start_offsets=offsets)
     return engines, ckpts[0].feature_names or None, offsets
+
+
+def _checkpoints(settings: Settings, inp: TopicInput) -> tuple[list[Checkpoint], str]:
+    """The newest valid checkpoint of each partition of ``inp.topic``, and where from."""
+    path = inp.from_checkpoint
+    if path is not None and path.is_file():
+        return [read_checkpoint(path)], str(path)
+    store: Store = CheckpointStore(path) if path is not None else build_store(settings)
+    where = str(path) if path is not None else f"the {settings.checkpoint.store} store"
+    store.open()
+    try:
+        found = (store.load(inp.topic, p) for p in sorted(store.partitions(inp.topic)))
+        return [c for c in found if c is not None], where
+    finally:
+        store.close()
 
 
 def _alert_sink(settings: Settings, inp: TopicInput, output: pathlib.Path) -> BatchSink:

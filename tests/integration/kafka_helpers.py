@@ -114,6 +114,6 @@ def wait_committed(bootstrap: str, group: str, topic: str, ends: Sequence[int],
 
 
 def offline_alert_offsets(settings: Settings, topic: str, partition: int,
-                          values: Sequence[bytes | None]) -> list[int]:
+                          values: Sequence[bytes | None], chunk: int | None = None) -> list[int]:
     """What an uninterrupted offline engine flags on the same partition's records."""
-    return oracle.alert_offsets(settings, values, NAMES, topic, partition)
+    return oracle.alert_offsets(settings, values, NAMES, topic, partition, chunk)
