@@ -260,6 +260,12 @@ class KafkaSink:
             self._abort_quietly()
             self._in_txn = False
 
+    def abandon(self) -> None:
+        """Drop the producer without aborting or flushing: an open transaction stays open,
+        as a killed process leaves it (the next producer with the same transactional id
+        aborts it). For fault tests."""
+        self._producer = None
+
     def close(self) -> None:
         """Abort any open transaction, flush and drop the producer."""
         if self._producer is None:
