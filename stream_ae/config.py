@@ -224,10 +224,12 @@ class RegimeConfig(_Frozen):
     """Quiet after a new normal, per key: an incident that lasts is re-learned as normal."""
 
     enabled: bool = True
-    after_records: int = Field(default=600, ge=1, description="Records of the key an incident "
+    after_records: int = Field(default=540, ge=1, description="Records of the key an incident "
                                "may last before the key's behaviour is declared its new normal "
-                               "(600: ten minutes at 1 Hz).")
-    after_seconds: float = Field(default=600.0, gt=0.0, description="... or this much event "
+                               "(540: nine minutes at 1 Hz, so that with the detection delay and "
+                               "the re-learning at the next boundary the alarms of a new normal "
+                               "end within ten minutes of the change).")
+    after_seconds: float = Field(default=540.0, gt=0.0, description="... or this much event "
                                  "time, whichever comes first (records without timestamps "
                                  "count records only).")
     relearn_steps: int = Field(default=50, ge=0, description="Extra learning steps on the "

@@ -45,7 +45,8 @@ from stream_ae.records import (
 from stream_ae.types import F32, F64, I64
 from stream_ae.windowing import FeatureStage, RecordWindow, feature_names
 
-STATE_SCHEMA = 2  # 2: decision state (calibration, evidence, incidents), quarantine, keys
+STATE_SCHEMA = 3  # 2: decision state (calibration, evidence, incidents), quarantine, keys;
+# 3: the pending window keeps each row's tail probability (column "p")
 _LOG_EPS = 1e-12
 _MIN_STRIDE = 16
 
@@ -267,7 +268,9 @@ class Engine:
         self._thr = RollingQuantileThreshold(t.q, t.window, t.multiplier, t.floor, t.mode, t.k,
                                              t.min_count)
         self._drift = (None if c.drift.detector == "none"
-                       else DriftMonitor(c.drift.detector, c.drift.delta, c.drift.history, m.seed))
+                       else DriftMonitor(c.drift.detector, c.drift.delta, c.drift.history, m.seed,
+                                         math.log(c.drift.min_ratio) if c.drift.report_only
+                                         else -math.inf))
         self._dec = DecisionLayer(c.decision, c.regime, self.raw_feature_names, self.lags, f.diffs,
                                   f.max_keys)
         self._replay = RecordWindow(tr.window)
@@ -308,27 +311,28 @@ class Engine:
         if warm:
             flags = np.zeros(used, np.bool_)
             out.thresholds[r] = math.nan
+            p = np.ones(used)  # never read: warm-up rows teach no calibration
         else:
-            flags = self._decide(keys, mse, cols, r, out)
+            flags, p = self._decide(keys, mse, cols, r, out)
             if flags.any():
                 self._explain(xs[:used], x[:used], cols, flags, r, out)
         out.scores[r], out.flags[r] = mse, flags
         out.warmup[r], out.errors[r] = warm, cols
         out.versions[r] = self._model.n_steps
-        self._pend.push(x=x[:used], s=mse, f=flags)
+        self._pend.push(x=x[:used], s=mse, f=flags, p=p)
         self._pend_keys += keys
         self._n_scored += used
         return used
 
     def _decide(self, keys: list[str], mse: F64, cols: F32, r: I64, out: _Out
-                ) -> npt.NDArray[np.bool_]:
+                ) -> tuple[npt.NDArray[np.bool_], F64]:
         thr = self._thr.value  # changes only at boundaries: frozen in between
         legacy = None
         if self.config.decision.mode != "budget":
             legacy = (mse > thr) if not math.isnan(thr) else np.zeros(mse.size, np.bool_)
         d = self._dec.decide(keys, mse, out.batch.timestamps[r], out.ids[r], cols, legacy)
         out.grades[r], out.incident[r] = d.grades, d.incident
-        out.thresholds[r] = d.thresholds if legacy is None else thr
+        out.thresholds[r] = thr if d.thresholds is None else d.thresholds
         for u in d.updates:
             row = int(r[u.row])
             out.incidents.append(replace(u, row=row))
@@ -338,7 +342,7 @@ class Engine:
                                "relearn_key")
                 log.info("regime_change", key=u.key, record_index=ev.record_index,
                          incident_records=u.records)
-        return d.flags
+        return d.flags, d.p
 
     def _explain(self, xs: F32, x: F32, cols: F32, flags: npt.NDArray[np.bool_], r: I64,
                  out: _Out) -> None:
@@ -360,15 +364,11 @@ class Engine:
             return used
         self._next_boundary = self._n_scored + used
         self._drift_at = len(self._pend) + hit.index
+        if not hit.significant:
+            return used  # a fall or a small rise (report-only): the detector restarted
         levels = (math.exp(hit.level_before), math.exp(hit.level_after))
-        if d.report_only:
-            action = "report"  # the defaults: learning goes on as scheduled
-            if levels[1] < d.min_ratio * levels[0]:
-                # the error level fell, or rose a little (the model improving, a daily
-                # cycle, the end of an anomaly): the detector restarts, nobody is told
-                return used
-        else:
-            action = "lr_boost" + ("+rewarm_threshold" if d.rewarm_threshold else "")
+        action = ("report" if d.report_only  # the defaults: learning goes on as scheduled
+                  else "lr_boost" + ("+rewarm_threshold" if d.rewarm_threshold else ""))
         ev = out.event("drift", d.detector, int(rows[hit.index]), levels, action)
         log.info("drift_detected", record_index=ev.record_index,
                  level_before=ev.level_before, level_after=ev.level_after)
@@ -376,7 +376,7 @@ class Engine:
 
     # ------------------------------------------------------------------ boundaries
     def _boundary(self, out: _Out, row: int) -> None:
-        x, s, f = (self._pend.column(c) for c in ("x", "s", "f"))
+        x, s, f, p = (self._pend.column(c) for c in ("x", "s", "f", "p"))
         f = f.astype(np.bool_)
         tr = self.config.training
         if self._n_scored <= tr.warmup:
@@ -388,7 +388,7 @@ class Engine:
             else:
                 self._learn(self._warm, tr.steps_per_stride, clip=False)
         else:
-            self._absorb(x, s, f)
+            self._absorb(x, s, p, f)
             self._adapt_to_drift(s)
             extra = self._relearn_held()
             self._learn(self._replay, tr.steps_per_stride + extra, clip=True)
@@ -397,7 +397,7 @@ class Engine:
         self._drift_at = -1
         self._next_boundary = self._schedule(self._n_scored)
 
-    def _absorb(self, x: F32, s: F64, f: npt.NDArray[np.bool_]) -> None:
+    def _absorb(self, x: F32, s: F64, p: F64, f: npt.NDArray[np.bool_]) -> None:
         """Threshold window, regime window, and (through the gate) scaler and replay buffer."""
         if self.config.threshold.flagged == "capped":
             # at the statistic, not the threshold: a multiplier > 1 would otherwise ratchet
@@ -406,7 +406,7 @@ class Engine:
         else:
             s_in = s
         self._thr.update(s_in)
-        self._dec.absorb(self._pend_keys, s, f)
+        self._dec.absorb(self._pend_keys, s, p, f)
         gated = self.config.training.gate == "threshold"
         keep = ~f if gated else np.ones_like(f)
         self._scaler.update(x[keep])

@@ -7,7 +7,6 @@
     │   └── ConfigMismatchError a checkpoint's learned state contradicts the config (``fields``)
     ├── DecodeError            a message that cannot become a record (carries ``reason``)
     ├── SnapshotError          a snapshot/checkpoint that cannot be read or does not fit
-    │   └── CheckpointNotFound no usable checkpoint in the store
     ├── StoreError             the checkpoint store cannot be reached or written
     ├── SourceError            the input side failed (wraps confluent_kafka / file errors)
     │   ├── InputFileError     an input file that cannot be read (missing, unreadable, bad format)
@@ -15,6 +14,7 @@
     ├── SinkError              the output side failed (wraps confluent_kafka errors)
     │   └── FencedError        a newer instance owns our transactional id: stop at once
     ├── BrokerError            the embedded test/demo broker could not be started
+    ├── MissingExtraError      a command needs an optional dependency (names its extra)
     └── GaveUpError            the service stopped retrying: no progress at the same offsets
 
 Adapters translate library errors at the edge with ``raise ... from exc``.
@@ -63,10 +63,6 @@ class SnapshotError(StreamAEError):
     """A snapshot or checkpoint that cannot be read, or that does not fit the config."""
 
 
-class CheckpointNotFound(SnapshotError):
-    """No usable checkpoint in the store."""
-
-
 class StoreError(StreamAEError):
     """The checkpoint store (directory, Kafka changelog, S3 bucket) cannot be read or written."""
 
@@ -99,3 +95,17 @@ class GaveUpError(StreamAEError):
     """The service gave up: batches kept failing at the same committed offsets after
     ``service.max_restarts_same_offset`` in-process restarts (the process exits non-zero so
     an orchestrator can act)."""
+
+
+class MissingExtraError(StreamAEError):
+    """A feature needs an optional dependency that is not installed.
+
+    ``package`` is what pip installs and ``extra`` the stream-ae extra that brings it
+    (``pip install 'stream-ae[<extra>]'``).
+    """
+
+    def __init__(self, feature: str, package: str, extra: str) -> None:
+        super().__init__(f"{feature} needs {package}: pip install 'stream-ae[{extra}]'")
+        self.feature = feature
+        self.package = package
+        self.extra = extra

@@ -11,13 +11,14 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from stream_ae.decode import Decoded, FeatureSchema
 from stream_ae.outputs import Outputs, assemble
 from stream_ae.records import Batch, RawBlock, StepResult
 
 
+@runtime_checkable
 class Detector(Protocol):
     """What a processor needs from an engine (``stream_ae.engine.Engine``, or the
     rule-based ``stream_ae.testing.ThresholdEngine`` in tests)."""

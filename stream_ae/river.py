@@ -171,8 +171,21 @@ class AutoencoderDetector(base.AnomalyDetector):
         """The engine's decisions for the rows of ``X`` (see :meth:`predict_one`)."""
         return pd.Series(self._score(self._frame(X)).is_anomaly, index=X.index, dtype=bool)
 
-    # ------------------------------------------------------------------ internals
-    def _engine_config(self) -> EngineConfig:
+    # ------------------------------------------------------------------ state
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The features the engine was built for (sorted keys of the first record learned;
+        empty before it)."""
+        return self._features
+
+    def snapshot(self) -> bytes | None:
+        """The engine's snapshot (:meth:`stream_ae.engine.Engine.snapshot`: a checkpoint the
+        service can start from); None before the first record is learned."""
+        return None if self._engine is None else bytes(self._engine.snapshot())
+
+    def engine_config(self) -> EngineConfig:
+        """The engine settings these parameters give (over ``config``, else
+        :func:`river_defaults`), validated."""
         cfg = self.config if self.config is not None else river_defaults()
         upd: dict[str, Any] = {}
         if self.warmup is not None:
@@ -205,7 +218,7 @@ class AutoencoderDetector(base.AnomalyDetector):
             from stream_ae.engine import Engine  # torch: on first use
 
             self._features = names
-            self._engine = Engine(self._engine_config(), names)
+            self._engine = Engine(self.engine_config(), names)
         self._engine.step(Batch.from_arrays(values))
 
     def _score(self, data: tuple[tuple[str, ...], np.ndarray]) -> StepResult:
@@ -214,7 +227,7 @@ class AutoencoderDetector(base.AnomalyDetector):
         if eng is None:
             from stream_ae.engine import Engine
 
-            eng = Engine(self._engine_config(), names)
+            eng = Engine(self.engine_config(), names)
         res: StepResult = eng.score_only(Batch.from_arrays(values))
         return res
 

@@ -37,7 +37,9 @@ class FixedClock:
 class ThresholdEngine:
     """A deterministic stand-in engine: flags rows whose largest |value| exceeds ``limit``.
 
-    Rows with a non-finite value are rejected. ``snapshot`` is JSON (no pickle).
+    Rows with a non-finite value are rejected. It learns nothing (``model_version`` stays
+    0), so its decisions do not depend on how the stream is cut into steps. ``snapshot``
+    is JSON (no pickle).
 
     >>> e = ThresholdEngine(("x",), limit=1.0)
     >>> e.step(Batch.from_arrays([[0.5], [2.0]])).is_anomaly.tolist()
@@ -54,8 +56,7 @@ class ThresholdEngine:
         v = batch.values.astype(np.float64)
         finite = np.isfinite(v).all(axis=1)
         scores = np.where(finite, np.abs(np.nan_to_num(v)).max(axis=1, initial=0.0), np.nan)
-        self.records_seen += len(batch)
-        self.model_version += 1
+        self.records_seen += len(batch)  # it learns nothing: model_version stays
         return StepResult(
             scores=scores, thresholds=np.full(len(batch), self.limit),
             is_anomaly=finite & (scores > self.limit), warmup=np.zeros(len(batch), dtype=bool),

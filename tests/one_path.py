@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pathlib
 
-import numpy as np
 import orjson
 import pandas as pd
 from structlog.testing import capture_logs
@@ -13,6 +12,8 @@ from stream_ae.config import Settings
 from stream_ae.service.main import build_loop, engine_factory
 from stream_ae.sinks.memory import MemorySink
 from stream_ae.sources.memory import MemoryGroupSource
+from tests import streams
+from tests.streams import gaussian
 
 NAMES = ("a", "b", "c")
 BAD = [b"[1, 2]", b'{"key": "k0", "ts": 5.0, "a": "x", "b": 1, "c": 1}', b'{"a": 1',
@@ -32,12 +33,8 @@ def small_settings(tmp: pathlib.Path) -> Settings:
 
 
 def messages(n: int = 1500, seed: int = 4) -> list[bytes]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, len(NAMES)))
-    x[rng.choice(np.arange(400, n), size=20, replace=False)] += 7.0
-    msgs = [orjson.dumps({"key": f"k{i % 3}", "ts": 1000.0 + i,
-                          **dict(zip(NAMES, row.tolist(), strict=True))})
-            for i, row in enumerate(x)]
+    x, _ = gaussian(n, len(NAMES), seed, anomalies=20, after=400)
+    msgs = streams.messages(x, NAMES)
     for j, bad in enumerate(BAD):
         msgs.insert(500 + 97 * j, bad)
     return msgs

@@ -66,7 +66,7 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("drift: ADWIN boosts the learning rate x5 (no re-warm)", {"drift.lr_boost": 5.0}),
     ("drift monitor off", {"drift.detector": "none"}),
     ("regime policy off", {"regime.enabled": False}),
-    ("new normal after 300 records instead of 600", {"regime.after_records": 300}),
+    ("new normal after 300 records instead of 540", {"regime.after_records": 300}),
     ("nonlinear AE (hidden 32,16 elu, bottleneck 4)", {"model.hidden": [32, 16],
                                                        "model.bottleneck": 4}),
     ("bottleneck 8 instead of auto (72 // 4 = 18)", {"model.bottleneck": 8}),

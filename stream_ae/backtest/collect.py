@@ -44,7 +44,7 @@ class BacktestSummary:
     drift_events: int
     elapsed_s: float
     predictions: pathlib.Path
-    html: pathlib.Path
+    html: pathlib.Path | None = None
     png: pathlib.Path | None = None
     metrics: Metrics | None = None
     delay: Mapping[str, float] = field(default_factory=dict)
@@ -205,8 +205,9 @@ def rejected_rows(rows: I64, res: StepResult) -> list[BadRow]:
 
 
 def finish(collector: ResultCollector, output: pathlib.Path, title: str,
-           facts: Mapping[str, Any], started: float) -> BacktestSummary:
-    """Compute metrics, write the PNG and HTML beside ``output`` and summarise."""
+           facts: Mapping[str, Any], started: float, report: bool = True) -> BacktestSummary:
+    """Compute metrics, write the PNG and HTML beside ``output`` (when ``report``) and
+    summarise."""
     frame = collector.frame()
     elapsed = time.perf_counter() - started
     scored = int(np.isfinite(frame["score"].to_numpy(np.float64)).sum())
@@ -217,8 +218,10 @@ def finish(collector: ResultCollector, output: pathlib.Path, title: str,
                  "warm-up rows": int(frame["warmup"].sum()), "elapsed s": round(elapsed, 2)}
     metrics, delays = evaluate_frame(frame)
     data = collector.report_data(title, all_facts, frame, metrics, delays)
-    png, html_path = output.with_suffix(".png"), output.with_suffix(".html")
-    write_reports(data, png, html_path)
+    png = html_path = None
+    if report:
+        png, html_path = output.with_suffix(".png"), output.with_suffix(".html")
+        write_reports(data, png, html_path)
     summary = BacktestSummary(
         records=records, scored=scored, alerts=alerts,
         bad_rows=collector.bad_count, drift_events=len(data.drift), elapsed_s=elapsed,
@@ -228,7 +231,5 @@ def finish(collector: ResultCollector, output: pathlib.Path, title: str,
     )
     log.info("backtest_finished", records=records, alerts=summary.alerts,
              bad_rows=summary.bad_rows, elapsed_s=round(elapsed, 2), predictions=str(output),
-             report=str(html_path))
+             report=str(html_path) if html_path else None)
     return summary
-
-

@@ -22,10 +22,12 @@ import structlog
 from stream_ae.backtest.collect import BacktestSummary, ResultCollector, finish, rejected_rows
 from stream_ae.backtest.console import progress_bar
 from stream_ae.backtest.predictions import PredictionWriter, prediction_frame
-from stream_ae.checkpoint import CheckpointStore, read_checkpoint
+from stream_ae.checkpoint import Checkpoint, CheckpointStore, read_checkpoint
+from stream_ae.checkpoint.base import Store, build_store
 from stream_ae.config import EngineConfig, Settings
 from stream_ae.decode import FeatureSchema
 from stream_ae.errors import ConfigError, SourceError
+from stream_ae.extras import require
 from stream_ae.outputs import Outputs
 from stream_ae.processor import Detector, MakeEngine, PartitionProcessor, Processed
 from stream_ae.report import BadRow
@@ -88,8 +90,11 @@ class Replay:
 
 
 def run_file_backtest(settings: Settings, source: FileInput, output: pathlib.Path,
-                      progress: bool = True) -> BacktestSummary:
-    """Score every row of ``source`` with one engine; write predictions, PNG and HTML."""
+                      progress: bool = True, report: bool = True) -> BacktestSummary:
+    """Score every row of ``source`` with one engine; write predictions and, with
+    ``report``, the PNG and HTML (the ``report`` extra)."""
+    if report:
+        require("matplotlib", "backtest reports (--no-report skips them)")
     started = time.perf_counter()
     columns = source.columns
     if not columns.features and settings.engine.features.names:
@@ -112,8 +117,8 @@ def run_file_backtest(settings: Settings, source: FileInput, output: pathlib.Pat
                     done = proc.process(block, 0, time.time())
                     if done is not None:
                         replay.add(done, src.roles.features)
-                    bar.update(bar.task_ids[0], completed=getattr(block, "bytes_read", 0),
-                               records=replay.collector.records if replay.collector else 0)
+                    bar(getattr(block, "bytes_read", 0),
+                        replay.collector.records if replay.collector else 0)
     finally:
         alerts.close()
         if replay is not None:
@@ -122,7 +127,7 @@ def run_file_backtest(settings: Settings, source: FileInput, output: pathlib.Pat
         raise SourceError(f"{source.path} holds no rows")
     return finish(replay.collector, output, f"Backtest of {source.path.name}",
                   {"input": str(source.path), "features": ", ".join(src.roles.features)},
-                  started)
+                  started, report)
 
 
 def _file_start(settings: Settings, src: FileSource, output: pathlib.Path, alerts: AlertFile
@@ -171,24 +176,24 @@ class TopicInput:
     from_checkpoint: pathlib.Path | None = None
     alerts_file: pathlib.Path | None = None
     alerts_topic: str | None = None
+    #: start from the newest checkpoints in the configured store (``checkpoint.store``:
+    #: directory, kafka or s3) instead of the files at ``from_checkpoint``
+    from_store: bool = False
 
 
 def _restored(settings: Settings, inp: TopicInput
               ) -> tuple[dict[int, Detector], tuple[str, ...] | None, dict[int, int] | None]:
-    """Engines, feature names and start offsets from ``--from-checkpoint`` (file or store)."""
+    """Engines, feature names and start offsets from ``--from-checkpoint`` (a file or a
+    checkpoint directory) or ``--from-store`` (the configured store)."""
     from stream_ae.engine import restore_under
 
-    if inp.from_checkpoint is None:
+    if inp.from_checkpoint is None and not inp.from_store:
         return {}, None, None
-    path = inp.from_checkpoint
-    if path.is_file():
-        ckpts = [read_checkpoint(path)]
-    else:
-        parts = sorted(int(p.name) for p in (path / inp.topic).glob("*") if p.name.isdigit())
-        store = CheckpointStore(path)
-        ckpts = [c for c in (store.load(inp.topic, p) for p in parts) if c is not None]
+    if inp.from_checkpoint is not None and inp.from_store:
+        raise ConfigError("give --from-checkpoint or --from-store, not both")
+    ckpts, where = _checkpoints(settings, inp)
     if not ckpts:
-        raise ConfigError(f"no checkpoint of topic {inp.topic} at {path}")
+        raise ConfigError(f"no checkpoint of topic {inp.topic} at {where}")
     engines: dict[int, Detector] = {}
     for c in ckpts:
         if c.engine is not None:
@@ -196,9 +201,24 @@ def _restored(settings: Settings, inp: TopicInput
             engines[c.partition] = restore_under(c.engine, settings.engine,
                                                  settings.checkpoint.on_config_mismatch)
     offsets = {c.partition: c.position for c in ckpts} if inp.start.kind == "beginning" else None
-    log.info("backtest_from_checkpoint", path=str(path), partitions=sorted(engines),
+    log.info("backtest_from_checkpoint", path=where, partitions=sorted(engines),
              start_offsets=offsets)
     return engines, ckpts[0].feature_names or None, offsets
+
+
+def _checkpoints(settings: Settings, inp: TopicInput) -> tuple[list[Checkpoint], str]:
+    """The newest valid checkpoint of each partition of ``inp.topic``, and where from."""
+    path = inp.from_checkpoint
+    if path is not None and path.is_file():
+        return [read_checkpoint(path)], str(path)
+    store: Store = CheckpointStore(path) if path is not None else build_store(settings)
+    where = str(path) if path is not None else f"the {settings.checkpoint.store} store"
+    store.open()
+    try:
+        found = (store.load(inp.topic, p) for p in sorted(store.partitions(inp.topic)))
+        return [c for c in found if c is not None], where
+    finally:
+        store.close()
 
 
 def _alert_sink(settings: Settings, inp: TopicInput, output: pathlib.Path) -> BatchSink:
@@ -247,8 +267,11 @@ class _AlertsOnly:
 
 
 def run_topic_backtest(settings: Settings, inp: TopicInput, output: pathlib.Path,
-                       progress: bool = True) -> BacktestSummary:
-    """Replay ``inp.topic`` through one processor per partition; predictions, alerts, reports."""
+                       progress: bool = True, report: bool = True) -> BacktestSummary:
+    """Replay ``inp.topic`` through one processor per partition; predictions, alerts and,
+    with ``report``, the PNG and HTML (the ``report`` extra)."""
+    if report:
+        require("matplotlib", "backtest reports (--no-report skips them)")
     started = time.perf_counter()
     engines, names, offsets = _restored(settings, inp)
     schema = FeatureSchema(settings.record, names or settings.engine.features.names,
@@ -278,7 +301,7 @@ def run_topic_backtest(settings: Settings, inp: TopicInput, output: pathlib.Path
                         alerts.commit({})
                     clock.update(block.partition, block.timestamps_ms)
                 seen = replay.collector.records if replay.collector else 0
-                bar.update(bar.task_ids[0], completed=clock.fraction, records=seen)
+                bar(clock.fraction, seen)
     finally:
         source.close()
         alerts.close()
@@ -291,7 +314,7 @@ def run_topic_backtest(settings: Settings, inp: TopicInput, output: pathlib.Path
                    "end": "end of partitions" if inp.end is None else inp.end,
                    "partitions": ", ".join(map(str, sorted(procs))),
                    "features": ", ".join(schema.names or ()), "alerts written to": where,
-                   "records dropped after the end": source.dropped_after_end}, started)
+                   "records dropped after the end": source.dropped_after_end}, started, report)
 
 
 class TimeProgress:

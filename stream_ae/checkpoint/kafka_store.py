@@ -153,6 +153,11 @@ class KafkaCheckpointStore:
         except KafkaException as exc:
             raise StoreError(f"cannot create checkpoint clients: {exc}") from exc
 
+    def abandon(self) -> None:
+        """Drop the clients without flushing or closing them, as a killed process leaves
+        them. For fault tests."""
+        self._producer, self._reader, self._admin = None, None, None
+
     def close(self) -> None:
         producer, self._producer, self._admin = self._producer, None, None
         reader, self._reader = self._reader, None

@@ -48,7 +48,9 @@ class Decided:
 
     flags: Bool
     grades: F64
-    thresholds: F64  # the score a single record of the key needs to be flagged on its own
+    thresholds: F64 | None  # the score a single record of the key needs to be flagged on
+    # its own (budget mode; None in the legacy modes, whose threshold is the engine's)
+    p: F64  # tail probabilities (what the calibration learns from at the next boundary)
     incident: I64  # opened_offset of the row's incident, -1 for none
     updates: list[IncidentUpdate]
 
@@ -111,8 +113,9 @@ class DecisionLayer:
         bk = BatchKeys(keys)
         p = self._cal.survival(bk, scores)
         grades = grade(p, self.config.grade_decades)
-        thresholds = self._cal.score_at(bk, np.full(len(bk), self._alpha))
+        thresholds = None
         if legacy is None:
+            thresholds = self._cal.score_at(bk, np.full(len(bk), self._alpha))
             s = self._ev.update(bk, p)
             # while the evidence is high, the records that add to it (p < e^-k) are flagged
             flags = (p < self._alpha) | ((s > self._h) & (p < self._p_k))
@@ -125,7 +128,7 @@ class DecisionLayer:
         names = self.sensor_names if contrib is not None else None
         incident, updates = self._inc.update(bk, flags, grades, times, ids, contrib, names)
         flags &= incident >= 0  # held keys: their new normal is being learned
-        return Decided(flags, grades, thresholds, incident, updates)
+        return Decided(flags, grades, thresholds, p, incident, updates)
 
     def _echo(self, errors: F32) -> Bool:
         """Rows whose error sits in their lagged inputs while the current readings carry less
@@ -139,7 +142,7 @@ class DecisionLayer:
         echo: Bool = now < 0.5 / (self.lags + 1)
         return echo
 
-    def absorb(self, keys: Sequence[str], scores: F64, flags: Bool) -> None:
+    def absorb(self, keys: Sequence[str], scores: F64, p: F64, flags: Bool) -> None:
         """At a boundary: the scores of the stride teach the calibration, all but the
         extreme ones (``p`` below ten times the single-record budget). Leaving out every
         flagged score would censor the tail the fit extrapolates: a tail estimated too
@@ -147,9 +150,9 @@ class DecisionLayer:
         only this far out (the top 0.05 % at the defaults) moves a fit of the top 2 %
         little, while anomalies just short of an alert stay out. The model never learns
         from flagged records (the training gate); the calibration learns from the moderate
-        ones."""
+        ones. ``p``: the tail probabilities :meth:`decide` gave these rows (the calibration
+        changes only here, so they are what it would say now)."""
         bk = BatchKeys(keys)
-        p = self._cal.survival(bk, scores)
         moderate = ~(p < 10 * self._alpha)
         if moderate.any() and self._cal.is_warm:
             # the evidence level learns from every record but the extreme ones: leaving out
@@ -172,7 +175,10 @@ class DecisionLayer:
             return
         self._null_new += s.size
         if self._null_new < min(4096, n):
-            return  # refitted every 4096 values (and while the window fills, as it doubles)
+            # the first fit once the values counted from here fill the window or reach 4096
+            # (their 98 % quantile and the mean excess above it, from fewer correlated
+            # values, are too loose to set a level from), then one every 4096 values
+            return
         self._null_new = 0
         window = self._null_s.column("s")
         s0 = float(np.quantile(window, 0.98))

@@ -14,6 +14,7 @@ the one that was snapshotted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -41,6 +42,7 @@ class Detection:
     index: int
     level_before: float
     level_after: float
+    significant: bool = True  # the level rose by at least the monitor's ``min_rise``
 
 
 class DriftMonitor:
@@ -56,6 +58,12 @@ class DriftMonitor:
         Bound on the replayed values (see the module docstring).
     seed
         Seed of KSWIN's sampler.
+    min_rise
+        A detection whose level rose by less than this (a fall included) is returned with
+        ``significant=False``: the detector restarts there, but it is no event to report
+        (on log errors, ``log(2)`` keeps the rises of the error level by at least 2x; the
+        model improving, a daily cycle or the end of an anomaly are not). Default: every
+        detection is significant.
 
     Examples
     --------
@@ -75,8 +83,10 @@ class DriftMonitor:
         delta: float = 0.002,
         history: int = 4096,
         seed: int = 0,
+        min_rise: float = -math.inf,
     ) -> None:
         self.detector = detector
+        self.min_rise = min_rise
         self.delta = delta
         self.history = history
         self.seed = seed
@@ -111,7 +121,8 @@ class DriftMonitor:
         while start < vals.size:
             hit, used = self.update_until(vals[start:])
             if hit is not None:
-                hits.append(Detection(start + hit.index, hit.level_before, hit.level_after))
+                hits.append(Detection(start + hit.index, hit.level_before, hit.level_after,
+                                      hit.significant))
             start += used
         return hits
 
@@ -164,8 +175,8 @@ class DriftMonitor:
             after = getattr(self._det, "estimation", None)
             level_after = float(after) if after is not None else float(seen[-32:].mean())
             width = int(getattr(self._det, "width", 32))
-        older = seen[: max(1, self._n - width)]
-        return Detection(index, float(older.mean()), level_after)
+        before = float(seen[: max(1, self._n - width)].mean())
+        return Detection(index, before, level_after, bool(level_after - before >= self.min_rise))
 
     def get_state(self) -> dict[str, Any]:
         """Plain data: the values fed to the current detector instance."""

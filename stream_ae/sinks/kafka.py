@@ -171,7 +171,9 @@ class KafkaSink:
             self._produce(self.kafka.dead_letter_topic, msg.value, msg.key, msg.headers)
 
     def _on_dr(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
+        # messages purged by an aborted transaction were meant to be dropped: not a failure
+        # (else the next batch's commit would report the aborted one's messages)
+        if err is not None and err.code() not in _PURGED:
             self._failed.append(f"{msg.topic()}: {err.str()}")
 
     def write(self, out: Outputs) -> None:
@@ -258,6 +260,12 @@ class KafkaSink:
             self._abort_quietly()
             self._in_txn = False
 
+    def abandon(self) -> None:
+        """Drop the producer without aborting or flushing: an open transaction stays open,
+        as a killed process leaves it (the next producer with the same transactional id
+        aborts it). For fault tests."""
+        self._producer = None
+
     def close(self) -> None:
         """Abort any open transaction, flush and drop the producer."""
         if self._producer is None:
@@ -266,6 +274,9 @@ class KafkaSink:
         self._producer.flush(10)
         self._producer = None
         log.info("producer_closed")
+
+
+_PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
 
 def _too_large(exc: BaseException | None) -> bool:

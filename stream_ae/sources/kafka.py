@@ -295,6 +295,11 @@ class KafkaGroupSource:
             return None
         return max(high - position, 0) if high >= 0 else None
 
+    def abandon(self) -> None:
+        """Drop the consumer without closing it: no revoke, no leave-group, as a killed
+        process leaves it (the group notices by its session timeout). For fault tests."""
+        self._consumer = None
+
     def close(self) -> None:
         """Leave the group (revoke callbacks run) and close the consumer."""
         consumer, self._consumer = self._consumer, None

@@ -33,10 +33,12 @@ class MemoryGroupSource:
     """
 
     def __init__(self, data: Mapping[TP, Sequence[bytes | None]],
-                 committed: Mapping[TP, int] | None = None, max_per_poll: int = 1 << 30,
+                 committed: dict[TP, int] | None = None, max_per_poll: int = 1 << 30,
                  start_positions: StartPositions | None = None) -> None:
         self.data = data
-        self.committed = dict(committed or {})
+        # the group coordinator's offsets: a dict handed in is shared (and updated by
+        # ``committer().commit``), so the next member of the group starts where this one ended
+        self.committed = committed if committed is not None else {}
         self.max_per_poll = max_per_poll
         self.start_positions = start_positions
         self._positions: dict[TP, int] = {}

@@ -8,14 +8,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 import yaml
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
 from stream_ae.config import Settings
-from stream_ae.decode import Decoder
-from stream_ae.engine import Engine
-from stream_ae.records import Batch, RawBlock
+from tests import oracle
+from tests.streams import gaussian, messages
 
 NAMES = ("a", "b", "c", "d")
 
@@ -55,15 +53,10 @@ def write_config(cfg: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
 
 def records(n: int, seed: int, partition: int) -> tuple[list[bytes], np.ndarray]:
     """``n`` JSON sensor readings with a few injected anomalies."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, len(NAMES)))
-    x[:, 1] += 0.8 * x[:, 0]
-    spikes = rng.choice(np.arange(200, n), size=max(1, n // 60), replace=False)
-    x[spikes] += rng.choice([-7.0, 7.0], size=(len(spikes), len(NAMES)))
-    msgs = [orjson.dumps({"key": f"dev-{partition}-{i % 4}", "ts": 1_700_000_000.0 + i,
-                          **dict(zip(NAMES, row.tolist(), strict=True))})
-            for i, row in enumerate(x)]
-    return msgs, x
+    x, _ = gaussian(n, len(NAMES), seed, anomalies=max(1, n // 60), after=200, signed=True,
+                    couple=0.8)
+    return messages(x, NAMES, key=lambda i: f"dev-{partition}-{i % 4}",
+                    t0=1_700_000_000.0), x
 
 
 def produce(bootstrap: str, topic: str, partition: int, values: Sequence[bytes | None],
@@ -121,11 +114,6 @@ def wait_committed(bootstrap: str, group: str, topic: str, ends: Sequence[int],
 
 
 def offline_alert_offsets(settings: Settings, topic: str, partition: int,
-                          values: Sequence[bytes | None]) -> list[int]:
+                          values: Sequence[bytes | None], chunk: int | None = None) -> list[int]:
     """What an uninterrupted offline engine flags on the same partition's records."""
-    block = RawBlock(topic, partition, list(range(len(values))), list(values),
-                     [None] * len(values), [None] * len(values))
-    decoded = Decoder(NAMES, settings.record, settings.engine.features.missing).decode(block)
-    res = Engine(settings.engine, NAMES).step(Batch(decoded.batch.keys, decoded.batch.timestamps,
-                                                    decoded.batch.values))
-    return decoded.offsets[res.is_anomaly].tolist()
+    return oracle.alert_offsets(settings, values, NAMES, topic, partition, chunk)

@@ -88,7 +88,11 @@ def test_summary_counts_precision_recall_and_drift_delay() -> None:
     assert "first drift event 4.5 s after" in _table_text(summary_table(s))
     state.latest_event_time = 1061.0
     assert summarise(state, sim).drift_reached
-    assert render(state, 1070.0, sim) is not None
+    view = _table_text(render(state, 1070.0, sim))
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in view.splitlines()]
+    assert ["alerts", "3"] in rows and ["drift injected", "yes"] in rows
+    assert ["drift/regime events", "3"] in rows
+    assert view.count("x high 1 vs 0.2 (100%)") == 3  # each alert's top sensor
 
 
 def _table_text(table: object) -> str:

@@ -17,10 +17,11 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
 import pytest
 import yaml
 from kafka_helpers import NAMES, produce, records, service_config, write_config
+
+from tests.streams import messages
 
 REPO = pathlib.Path(__file__).parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "stream-ae.json"
@@ -43,9 +44,7 @@ def shifted(p: int) -> list[bytes]:
     """Readings with spikes, a shift of every feature two-thirds through, and a bad message."""
     _, x = records(N, seed=40 + p, partition=p)
     x[2 * N // 3 :] += 6.0
-    msgs = [orjson.dumps({"key": f"dev-{p}", "ts": 1_700_000_000.0 + i,
-                          **dict(zip(NAMES, row.tolist(), strict=True))})
-            for i, row in enumerate(x)]
+    msgs = messages(x, NAMES, key=lambda i: f"dev-{p}", t0=1_700_000_000.0)
     msgs[400] = b"{oops"
     return msgs
 

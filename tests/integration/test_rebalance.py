@@ -90,12 +90,11 @@ class Member:
         assert not self.thread.is_alive(), "the member did not reach a commit"
         del real_commit
         # drop the clients unclosed: librdkafka destroys them without leaving the group
-        runner.source._consumer = None  # type: ignore[attr-defined]
-        runner.sink._producer = None  # type: ignore[attr-defined]
-        store = runner.restorer.store
-        for client in ("_producer", "_reader"):  # the kafka store's
-            if hasattr(store, client):
-                setattr(store, client, None)
+        runner.source.abandon()
+        runner.sink.abandon()
+        abandon = getattr(runner.restorer.store, "abandon", None)  # the kafka store's clients
+        if abandon is not None:
+            abandon()
         gc.collect()
 
     def shutdown(self) -> None:

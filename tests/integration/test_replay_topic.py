@@ -25,6 +25,7 @@ from stream_ae.records import RawBlock
 from stream_ae.schema import AlertMessage
 from stream_ae.sources.base import BlockReader
 from stream_ae.sources.replay import ReplayStart, TopicReplaySource, parse_start
+from tests import oracle
 
 N_STEPS = 400  # per device; 2 devices per partition -> 800 records per partition
 T0_MS = 1_700_000_000_000
@@ -64,10 +65,7 @@ def replay_setup(bootstrap: str, tag: str, topics: dict[str, str], tmp_path: pat
 
 def _offline_scores(settings: Settings, topic: str, partition: int, values: list[bytes]
                     ) -> np.ndarray:
-    block = RawBlock(topic, partition, list(range(len(values))), values, [None] * len(values),
-                     [None] * len(values))
-    decoded = Decoder(tuple(SENSORS), settings.record).decode(block)
-    return Engine(settings.engine, SENSORS).step(decoded.batch).scores
+    return oracle.scores(settings, values, SENSORS, topic, partition)
 
 
 def test_full_replay_matches_offline_engines_and_stays_isolated(

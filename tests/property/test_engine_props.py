@@ -27,6 +27,7 @@ from stream_ae.config import (
 )
 from stream_ae.engine import Engine
 from stream_ae.records import Batch, StepResult
+from tests.streams import latent
 
 N = 240
 
@@ -45,10 +46,8 @@ def config(lags: int, diffs: bool, hidden: tuple[int, ...]) -> EngineConfig:
 
 
 def stream(n_raw: int, seed: int) -> Batch:
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=(N, 2))
-    x = z @ rng.normal(size=(2, n_raw)) + 0.2 * rng.normal(size=(N, n_raw))
-    x[N // 2 :] += 3.0  # a level shift: flags, drift and regime events
+    # a level shift half-way: flags, drift and regime events
+    x = latent(N, seed, factors=2, width=n_raw, noise=0.2, shift_from=N // 2, shift=3.0)
     return Batch.from_arrays(x, keys=[f"k{i % 2}" for i in range(N)])
 
 

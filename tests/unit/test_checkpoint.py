@@ -86,29 +86,6 @@ def test_inspect_summarises_directory_and_marks_corrupt(tmp_path: pathlib.Path) 
     assert CliRunner().invoke(app, ["checkpoint", "inspect", str(tmp_path / "none")]).exit_code == 1
 
 
-def _importers(package: pathlib.Path, module: str) -> set[str]:
-    import ast
-
-    out = set()
-    for path in package.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            if any(n == module or n.startswith(module + ".") for n in names):
-                out.add(path.relative_to(package.parent).as_posix())
-    return out
-
-
-def test_client_libraries_stay_in_their_adapters() -> None:
-    """The Kafka code of checkpoints is kafka_store.py only; boto3 only in s3_store.py."""
-    package = pathlib.Path(__file__).resolve().parents[2] / "stream_ae"
-    assert _importers(package, "confluent_kafka") == {
-        "stream_ae/sources/kafka.py", "stream_ae/sinks/kafka.py",
-        "stream_ae/apps/broker.py", "stream_ae/checkpoint/kafka_store.py"}
-    assert _importers(package, "boto3") | _importers(package, "botocore") == {
-        "stream_ae/checkpoint/s3_store.py"}
-
-
 def test_build_store_picks_the_configured_store(tmp_path: pathlib.Path) -> None:
     from stream_ae.checkpoint.base import build_store
     from stream_ae.checkpoint.kafka_store import KafkaCheckpointStore

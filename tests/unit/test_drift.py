@@ -89,3 +89,20 @@ def test_adwin_does_not_import_river_drift_or_scikit_learn() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_min_rise_marks_falls_and_small_rises_not_significant() -> None:
+    rng = np.random.default_rng(5)
+    down = np.concatenate([rng.normal(3.0, 0.2, 1500), rng.normal(0.0, 0.2, 1500)])
+    for values in (down, down[::-1].copy()):
+        plain = DriftMonitor("adwin", delta=0.002, history=1000).update_many(values)
+        gated = DriftMonitor("adwin", delta=0.002, history=1000,
+                             min_rise=np.log(2.0)).update_many(values)
+        # the same detections (each restarts the detector); only the mark differs
+        assert [h.index for h in plain] == [h.index for h in gated] and plain
+        assert all(h.significant for h in plain)
+        assert all(h.significant == (h.level_after - h.level_before >= np.log(2.0))
+                   for h in gated)
+    fall = DriftMonitor("adwin", delta=0.002, history=1000, min_rise=np.log(2.0))
+    hits = [h for h in fall.update_many(down) if h.index >= 1500]
+    assert hits and not any(h.significant for h in hits)

@@ -22,6 +22,7 @@ from stream_ae.config import (
 from stream_ae.engine import Engine
 from stream_ae.errors import ConfigError, ConfigMismatchError, SnapshotError
 from stream_ae.records import Batch, StepResult
+from tests.streams import latent
 
 torch.set_num_threads(1)
 
@@ -43,11 +44,8 @@ def small_config(**features: object) -> EngineConfig:
 
 def stream(n: int = 1500, seed: int = 0, keys: int = 2) -> Batch:
     """Correlated normal data with point anomalies and a level shift two-thirds through."""
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=(n, 1))
-    x = np.hstack([z, 2 * z, -z]) + 0.1 * rng.normal(size=(n, 3))
-    x[2 * n // 3 :] += 4.0
-    x[rng.choice(n, 15, replace=False)] += rng.normal(0, 5, size=(15, 3))
+    x = latent(n, seed, loadings=[[1.0, 2.0, -1.0]], shift_from=2 * n // 3, shift=4.0,
+               spikes=15)
     ks = [f"k{i % keys}" for i in range(n)]
     return Batch.from_arrays(x, keys=ks, timestamps=np.arange(n, dtype=float))
 
@@ -432,3 +430,4 @@ def test_per_row_model_versions_do_not_depend_on_batching(data: Batch) -> None:
     assert np.array_equal(whole.model_versions, split)
     assert whole.model_versions[0] == 0 and whole.model_versions[-1] > 0
     assert [r.model_version for r in parts][-1] == whole.model_version
+

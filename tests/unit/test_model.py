@@ -9,12 +9,11 @@ from torch import nn
 
 from stream_ae.model.network import Autoencoder, SeededDropout
 from stream_ae.model.online import OnlineAutoencoder, RunningScaler
+from tests.streams import latent
 
 
 def data(n: int = 512, d: int = 6, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=(n, 2))
-    return (z @ rng.normal(size=(2, d)) + 0.05 * rng.normal(size=(n, d))).astype(np.float32)
+    return latent(n, seed, factors=2, width=d, noise=0.05).astype(np.float32)
 
 
 def test_network_layout_bottleneck_and_output_are_linear() -> None:

@@ -12,12 +12,13 @@ from structlog.testing import capture_logs
 from stream_ae.checkpoint import CheckpointStore
 from stream_ae.config import Settings
 from stream_ae.engine import Engine
-from stream_ae.records import Batch
 from stream_ae.service.loop import ServiceLoop
 from stream_ae.service.main import EngineFactory, build_loop, engine_factory, run_restarting
 from stream_ae.sinks.memory import MemorySink
 from stream_ae.sources.memory import MemoryGroupSource
 from stream_ae.testing import FixedClock, ThresholdEngine
+from tests import oracle
+from tests.streams import gaussian, messages
 
 NAMES = ("a", "b", "c")
 TP0 = ("s", 0)
@@ -39,20 +40,12 @@ def small_settings(tmp: pathlib.Path, max_records: int = 64, **kw: object) -> Se
 
 
 def stream(n: int, seed: int = 0) -> tuple[list[bytes], np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, len(NAMES)))
-    x[rng.choice(np.arange(150, n), size=n // 50, replace=False)] += 8.0
-    msgs = [orjson.dumps({"key": f"k{i % 3}", "ts": 1000.0 + i,
-                          **dict(zip(NAMES, row.tolist(), strict=True))})
-            for i, row in enumerate(x)]
-    return msgs, x
+    x, _ = gaussian(n, len(NAMES), seed, anomalies=n // 50, after=150, shift=8.0)
+    return messages(x, NAMES), x
 
 
 def offline_flags(settings: Settings, x: np.ndarray) -> list[int]:
-    eng = Engine(settings.engine, NAMES)
-    keys = [f"k{i % 3}" for i in range(len(x))]
-    res = eng.step(Batch.from_arrays(x, keys=keys, timestamps=1000.0 + np.arange(len(x))))
-    return np.flatnonzero(res.is_anomaly).tolist()
+    return oracle.alert_offsets(settings, messages(x, NAMES), NAMES)
 
 
 RULES: EngineFactory = (lambda n: ThresholdEngine(n, 5.0), ThresholdEngine.restore)
@@ -150,6 +143,32 @@ def test_revoke_checkpoints_and_hands_over(tmp_path: pathlib.Path) -> None:
     done = src.committed[TP0]
     assert CheckpointStore(settings.checkpoint.directory).load(*TP0).position == done
     assert "checkpoint_written" in [e["event"] for e in logs]
+    other = run(settings, MemoryGroupSource({TP0: msgs}, committed=src.committed))
+    ids = [a.alert_id for a in sink.alerts + other.alerts]
+    assert ids == [f"s/0/{o}" for o in offline_flags(settings, x)]
+
+
+def test_lost_partition_is_dropped_without_a_checkpoint(tmp_path: pathlib.Path) -> None:
+    """A lost partition already belongs to someone else: no checkpoint of it is written
+    (it could overwrite the new owner's); the new owner replays from the committed offset
+    and the alerts of both add up to the offline run's."""
+    settings = small_settings(tmp_path)
+    msgs, x = stream(300, seed=2)
+    src = MemoryGroupSource({TP0: msgs})
+    sink = MemorySink(src.committer())
+    loop = make(settings, src, sink)
+    store = CheckpointStore(settings.checkpoint.directory)
+    with capture_logs():
+        loop.open()
+        for _ in range(4):  # 256 records: checkpointed at 192, then 64 more processed
+            loop.cycle(idle_timeout=0.0)
+        loop.flush()
+        before = [c.position for c in store.valid(*TP0)]
+        assert loop.positions()[TP0] > before[0]  # state a revocation would checkpoint
+        src.lose([TP0])
+        loop.cycle(idle_timeout=0.0)
+    assert loop.positions() == {}
+    assert [c.position for c in store.valid(*TP0)] == before
     other = run(settings, MemoryGroupSource({TP0: msgs}, committed=src.committed))
     ids = [a.alert_id for a in sink.alerts + other.alerts]
     assert ids == [f"s/0/{o}" for o in offline_flags(settings, x)]

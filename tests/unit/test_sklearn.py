@@ -11,6 +11,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from stream_ae.config import EngineConfig, TrainingConfig
 from stream_ae.sklearn import AutoencoderOutlierDetector
+from tests.streams import latent
 
 # With a contamination every check applies and passes; the array-API checks skip themselves
 # unless SCIPY_ARRAY_API=1 (the engine converts to numpy float32 in any case).
@@ -37,9 +38,7 @@ def test_sklearn_estimator_checks(estimator: AutoencoderOutlierDetector, check) 
 
 
 def data(n: int = 400, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=(n, 1))
-    return np.hstack([z, 2 * z, -z, 0.5 * z]) + 0.05 * rng.normal(size=(n, 4))
+    return latent(n, seed, loadings=[[1.0, 2.0, -1.0, 0.5]], noise=0.05)
 
 
 def test_fit_flags_contamination_of_the_training_rows_as_pyod_does() -> None:
