@@ -468,8 +468,10 @@ class ServiceConfig(_Frozen):
 
     progress_timeout_s: float = Field(default=300.0, gt=0.0, description="/healthz answers 503 "
                                       "when no batch was committed for this long while there "
-                                      "is input (pending records or consumer lag > 0), so an "
-                                      "orchestrator restarts a wedged instance.")
+                                      "is input (pending records or consumer lag > 0), or "
+                                      "when one owned partition with a lag has not moved for "
+                                      "this long, so an orchestrator restarts a wedged "
+                                      "instance.")
     max_restarts_same_offset: int = Field(default=5, ge=1, description="Consecutive batch "
                                           "failures at the same committed offsets (each one "
                                           "restarts the service in-process) after which it "

@@ -109,8 +109,10 @@ class Health:
     (the runner's ``tick(backlog=True)``), made progress within ``progress_timeout``
     seconds: processed a batch that took a partition past the furthest position reported
     so far (``progress(positions)``). A service that restarts over and over on the same
-    input (replaying what it had processed before) is not alive. Ready while partitions
-    are assigned.
+    input (replaying what it had processed before) is not alive. With per-partition lags
+    (``tick(lags=...)``), each owned partition that has input must also move within
+    ``progress_timeout``: one blocked partition is not hidden by the others moving. Ready
+    while partitions are assigned.
 
     Examples
     --------
@@ -122,6 +124,13 @@ class Health:
     False
     >>> h.progress(); h.alive()
     True
+    >>> tp0, tp1 = ("in", 0), ("in", 1)
+    >>> h.tick(backlog=True, lags={tp0: 5, tp1: 5}); now[0] = 150.0
+    >>> h.progress({tp0: 10}); h.tick(backlog=True, lags={tp0: 5, tp1: 5}); h.alive()
+    True
+    >>> now[0] = 162.0; h.progress({tp0: 20}); h.tick(backlog=True, lags={tp0: 5, tp1: 5})
+    >>> h.alive()  # partition 1 has input and has not moved for 31 s
+    False
     """
 
     def __init__(self, stale_after: float = 60.0, clock: Callable[[], float] = time.monotonic,
@@ -132,14 +141,26 @@ class Health:
         self._last_tick = clock()
         self._last_progress = self._last_tick
         self._furthest: dict[tuple[str, int], int] = {}
+        self._moved: dict[tuple[str, int], float] = {}  # owned partition -> when it last moved
+        self._blocked = False
         self.ready = False
 
-    def tick(self, backlog: bool | None = None) -> None:
+    def tick(self, backlog: bool | None = None,
+             lags: Mapping[tuple[str, int], int | None] | None = None) -> None:
         """The loop is running; ``backlog``: input waits (True), none does (False: the
-        progress clock restarts), unknown (None: e.g. while joining the group)."""
-        self._last_tick = self.clock()
+        progress clock restarts), unknown (None: e.g. while joining the group); ``lags``:
+        each owned partition's records waiting (None: unknown), for the per-partition rule
+        (a partition's clock starts when it is first owned and restarts when it is caught up
+        or moves)."""
+        now = self._last_tick = self.clock()
         if backlog is False:
-            self._last_progress = self._last_tick
+            self._last_progress = now
+        if lags is None:
+            return
+        self._moved = {tp: (now if not lag or tp not in self._moved else self._moved[tp])
+                       for tp, lag in lags.items()}
+        self._blocked = any(lag and now - self._moved[tp] >= self.progress_timeout
+                            for tp, lag in lags.items())
 
     def progress(self, positions: Mapping[tuple[str, int], int] | None = None) -> None:
         """A batch was processed; it is progress when a partition's next offset in
@@ -149,12 +170,16 @@ class Health:
             if not ahead:
                 return
             self._furthest.update(ahead)
+            now = self.clock()
+            for tp in ahead.keys() & self._moved.keys():
+                self._moved[tp] = now
         self._last_progress = self.clock()
 
     def alive(self) -> bool:
         now = self.clock()
         return (now - self._last_tick < self.stale_after
-                and now - self._last_progress < self.progress_timeout)
+                and now - self._last_progress < self.progress_timeout
+                and not self._blocked)
 
 
 def _handler(registry: CollectorRegistry, health: Health) -> type[BaseHTTPRequestHandler]:

@@ -154,20 +154,24 @@ class ServiceLoop:
             self.flush()
         self.checkpoint_all(force=False)
         if self.health is not None:
-            self.health.tick(self._backlog())
+            lags = self._lags()
+            self.health.tick(self._backlog(lags), lags)
         return n
 
-    def _backlog(self) -> bool | None:
+    def _lags(self) -> dict[TP, int | None]:
+        """Each owned partition's records waiting beyond its position (None: unknown)."""
+        return {tp: self.source.lag(tp, part.position) for tp, part in self._parts.items()}
+
+    def _backlog(self, lags: dict[TP, int | None]) -> bool | None:
         """Whether there is input to process: True (pending records or lag > 0), False (all
         owned partitions caught up), None (unknown: nothing owned, or a lag unknown)."""
         if self.batcher.pending:
             return True
-        if not self._parts:
+        if not lags:
             return None
-        lags = [self.source.lag(tp, part.position) for tp, part in self._parts.items()]
-        if any(lag for lag in lags if lag is not None):
+        if any(lag for lag in lags.values() if lag is not None):
             return True
-        return None if None in lags else False
+        return None if None in lags.values() else False
 
     def flush(self) -> None:
         """Process the pending batch now."""

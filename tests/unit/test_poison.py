@@ -250,6 +250,30 @@ def test_replaying_processed_offsets_after_a_restart_is_not_progress() -> None:
     assert h.alive()
 
 
+def test_one_blocked_partition_is_not_hidden_by_the_others_moving() -> None:
+    """The stall seen on the test broker: partitions 1 and 3 trickled while 0 and 2 sat on
+    a lag; the whole-service clock kept resetting, so /healthz stayed 200."""
+    now = [0.0]
+    h = Health(stale_after=1e9, progress_timeout=30.0, clock=lambda: now[0])
+    tp1 = ("s", 1)
+    position = 0
+    for t in range(0, 60, 5):
+        now[0] = float(t)
+        position += 10  # partition 0 moves, partition 1 never does
+        h.progress({TP0: position})
+        h.tick(backlog=True, lags={TP0: 100, tp1: 100})
+        assert h.alive() == (t < 30), t
+    now[0] = 60.0
+    h.tick(backlog=True, lags={TP0: 100, tp1: 0})  # partition 1 caught up: not blocked
+    assert h.alive()
+    now[0] = 65.0
+    h.tick(backlog=True, lags={TP0: 100})  # partition 1 moved away, and comes back later:
+    now[0] = 200.0
+    h.progress({TP0: position + 10})
+    h.tick(backlog=True, lags={TP0: 100, tp1: 100})  # its clock starts when it is owned again
+    assert h.alive()
+
+
 class PoisonSink(MemorySink):
     """Refuses any batch holding a dead letter of offset ``bad`` (as the producer refused an
     unbounded dead letter before), fine otherwise."""
