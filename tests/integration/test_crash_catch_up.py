@@ -57,7 +57,7 @@ from stream_ae.checkpoint.base import build_store
 from stream_ae.config import Settings
 from stream_ae.testing import external_bootstrap
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.fault, pytest.mark.timeout(900)]
 BAD = b"{oops"
 #: invalid JSON of 400 kB: a burst holding some makes its batch's transaction write
 #: megabytes of dead letters after its alerts, so the transaction stays open for a while

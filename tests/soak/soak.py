@@ -38,6 +38,7 @@ from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))
+sys.path.insert(0, str(HERE.parent.parent))  # the repository root: `tests.oracle`, `tests.streams`
 
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
