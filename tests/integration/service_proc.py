@@ -179,6 +179,7 @@ class Accounting:
     non_identical_alerts: int = 0
     decided_offsets: int = 0
     undecided_offsets: int = 0
+    unexpected_decisions: int = 0
     duplicate_decisions: int = 0
     conflicting_decisions: int = 0
     decision_alert_mismatch: int = 0
@@ -187,7 +188,8 @@ class Accounting:
     @property
     def ok(self) -> bool:
         return not (self.lost_alerts or self.extra_alerts or self.non_identical_alerts
-                    or self.undecided_offsets or self.conflicting_decisions
+                    or self.undecided_offsets or self.unexpected_decisions
+                    or self.conflicting_decisions
                     or self.decision_alert_mismatch)
 
     def note(self, what: str) -> None:
@@ -236,8 +238,11 @@ def account(alert_msgs: Iterable[Any], decision_msgs: Iterable[Any],
     want = {(p, o) for p, n in lengths.items() for o in range(n)}
     acc.decided_offsets = len(want & outcome.keys())
     acc.undecided_offsets = len(want - outcome.keys())
+    acc.unexpected_decisions = len(outcome.keys() - want)
     if acc.undecided_offsets:
         acc.note(f"undecided e.g. {sorted(want - outcome.keys())[:3]}")
+    if acc.unexpected_decisions:
+        acc.note(f"decisions for no input e.g. {sorted(outcome.keys() - want)[:3]}")
     published = {(d["source"]["partition"], d["source"]["offset"]) for d in first.values()}
     decided_alert = {po for po, what in outcome.items() if what == "alert"}
     acc.decision_alert_mismatch = len(published ^ decided_alert)
