@@ -14,13 +14,18 @@ from stream_ae.engine import Engine
 from stream_ae.records import Batch, RawBlock, StepResult
 
 
+def decode(settings: Settings, values: Sequence[bytes | None], names: Sequence[str],
+           topic: str = "s", partition: int = 0) -> Decoded:
+    """``values`` as offsets 0.. of one partition, through the one decoder."""
+    n = len(values)
+    block = RawBlock(topic, partition, list(range(n)), list(values), [None] * n, [None] * n)
+    return Decoder(tuple(names), settings.record, settings.engine.features.missing).decode(block)
+
+
 def offline_run(settings: Settings, values: Sequence[bytes | None], names: Sequence[str],
                 topic: str = "s", partition: int = 0) -> tuple[Decoded, StepResult]:
     """``values`` as offsets 0.. of one partition, decoded and scored in one step."""
-    n = len(values)
-    block = RawBlock(topic, partition, list(range(n)), list(values), [None] * n, [None] * n)
-    decoded = Decoder(tuple(names), settings.record,
-                      settings.engine.features.missing).decode(block)
+    decoded = decode(settings, values, names, topic, partition)
     return decoded, Engine(settings.engine, tuple(names)).step(decoded.batch)
 
 
@@ -31,10 +36,7 @@ def alert_offsets(settings: Settings, values: Sequence[bytes | None], names: Seq
     if chunk is None:
         decoded, res = offline_run(settings, values, names, topic, partition)
         return decoded.offsets[res.is_anomaly].tolist()
-    n = len(values)
-    block = RawBlock(topic, partition, list(range(n)), list(values), [None] * n, [None] * n)
-    decoded = Decoder(tuple(names), settings.record,
-                      settings.engine.features.missing).decode(block)
+    decoded = decode(settings, values, names, topic, partition)
     engine, b = Engine(settings.engine, tuple(names)), decoded.batch
     flagged = [engine.step(Batch(b.keys[i:i + chunk], b.timestamps[i:i + chunk],
                                  b.values[i:i + chunk])).is_anomaly
