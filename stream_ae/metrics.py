@@ -165,15 +165,15 @@ class Health:
     def progress(self, positions: Mapping[tuple[str, int], int] | None = None) -> None:
         """A batch was processed; it is progress when a partition's next offset in
         ``positions`` is past the furthest one reported before (None: progress anyway)."""
+        now = self.clock()
         if positions is not None:
             ahead = {tp: o for tp, o in positions.items() if o > self._furthest.get(tp, -1)}
             if not ahead:
                 return
             self._furthest.update(ahead)
-            now = self.clock()
             for tp in ahead.keys() & self._moved.keys():
                 self._moved[tp] = now
-        self._last_progress = self.clock()
+        self._last_progress = now
 
     def alive(self) -> bool:
         now = self.clock()
