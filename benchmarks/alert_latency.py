@@ -103,10 +103,13 @@ def collect(bootstrap: str, topic: str, stop: threading.Event,
                   "fetch.queue.backoff.ms": 10, "enable.auto.commit": False})
     c.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     while not stop.is_set():
-        for m in c.consume(100, 0.05):
-            if m.error() is None:
-                doc = orjson.loads(m.value())
-                out.append((time.time(), doc["event_time"], doc["detected_at"]))
+        # one message per call: consume(n, timeout) would hold the first alert until n
+        # arrived or the timeout passed, and stamp them all on return
+        m = c.poll(0.05)
+        if m is not None and m.error() is None:
+            arrived = time.time()
+            doc = orjson.loads(m.value())
+            out.append((arrived, doc["event_time"], doc["detected_at"]))
     c.close()
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats
+from scipy import special, stats
 
 from stream_ae.detect._keys import KeyColumns, encode, last_rows, segments
 from stream_ae.windowing import ring_write
@@ -203,6 +203,16 @@ class TailCalibrator:
         pv = np.asarray(p, dtype=np.float64).ravel()
         if not self.is_warm:
             return np.where(np.isnan(pv), np.nan, math.inf)
+        with np.errstate(over="ignore"):
+            if pv.size > 1 and pv[0] == pv.min() == pv.max():  # one rate (the engine's)
+                one: F64 = np.exp(self._u_at(pv[:1])[0] + self.levels(keys))
+                return one
+            out: F64 = np.exp(self._u_at(pv) + self.levels(keys))
+        out[np.isnan(pv)] = np.nan
+        return out
+
+    def _u_at(self, pv: F64) -> F64:
+        """The normalised value whose survival is ``pv`` (see :meth:`score_at`)."""
         n = self._sorted.size
         m = np.floor(pv * (n + 1.0) - 1.0 + 1e-9)  # values above allowed
         idx = np.clip(n - 1 - np.nan_to_num(m), 0, n - 1).astype(np.int64)
@@ -212,10 +222,7 @@ class TailCalibrator:
             frac = self._frac_above(fit.t)
             tail = pv < frac
             u[tail] = fit.t + fit.isf(pv[tail] / frac)
-        with np.errstate(over="ignore"):
-            out: F64 = np.exp(u + self.levels(keys))
-        out[np.isnan(pv)] = np.nan
-        return out
+        return u
 
     def _frac_above(self, t: float) -> float:
         n = self._sorted.size
@@ -402,8 +409,21 @@ class _Tail:
             out[beyond] = join[0] * np.exp(-(y[beyond] - self.ymax) * join[1])
         return out
 
+    def _gpd_isf(self, q: F64) -> F64:
+        """``scipy.stats.genpareto.isf(q, xi, 0, sigma)`` through the special function it
+        is built on (``-boxcox(q, -xi) * sigma``, the same bits) without the generic
+        distribution machinery (~0.5 ms a call, once per scored block).
+
+        >>> q = np.array([0.5, 1e-3, 1e-9])
+        >>> all((_Tail("gpd", 0.0, xi, 2.0, math.inf)._gpd_isf(q)
+        ...      == stats.genpareto.isf(q, xi, 0, 2.0)).all() for xi in (0.0, 0.3))
+        True
+        """
+        out: F64 = -special.boxcox(q, -self.xi) * self.sigma
+        return out
+
     def isf(self, q: F64) -> F64:
-        out: F64 = stats.genpareto.isf(q, self.xi, 0, self.sigma)
+        out = self._gpd_isf(q)
         join = self._join()
         if join is not None:
             beyond = q < join[0]
