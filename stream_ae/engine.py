@@ -141,14 +141,16 @@ class Engine:
     def __init__(self, config: EngineConfig, raw_feature_names: Sequence[str]) -> None:
         self.config = config
         self.raw_feature_names = tuple(raw_feature_names)
+        # config and names are fixed for the engine's life: the names once, not per step
+        self._feature_names = feature_names(self.raw_feature_names, self.lags,
+                                            config.features.diffs)
         self._built = False
 
     # ------------------------------------------------------------------ public API
     @property
     def feature_names(self) -> tuple[str, ...]:
         """Model-input column names (readings, lags, differences)."""
-        f = self.config.features
-        return feature_names(self.raw_feature_names, self.lags, f.diffs)
+        return self._feature_names
 
     @property
     def lags(self) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special, stats
 
-from stream_ae.detect._keys import KeyColumns, encode, last_rows, segments
+from stream_ae.detect._keys import BatchKeys, KeyColumns, encode, last_rows, segments
 from stream_ae.windowing import ring_write
 
 F64 = npt.NDArray[np.float64]
@@ -144,6 +144,8 @@ class TailCalibrator:
         self._fit_count = 0  # window size at the last fit
         self._pool = (0.0, 0.0)  # exponentially weighted sum of z and of weights
         self._keys = KeyColumns(3, max_keys)  # per key: weighted sums of z and weights, count
+        self._version = 0  # moved by every change of the levels (see ``levels``)
+        self._memo: tuple[Sequence[str], int, F64] | None = None
 
     # ------------------------------------------------------------------ reading
     @property
@@ -174,9 +176,18 @@ class TailCalibrator:
         return own[ids]
 
     def levels(self, keys: Sequence[str]) -> F64:
-        """The level each key's ``log(score)`` is normalised by (no side effects)."""
+        """The level each key's ``log(score)`` is normalised by (no side effects). The
+        levels of the last :class:`BatchKeys` asked for are kept until the next change of
+        state (``survival`` and ``score_at`` of one block ask twice)."""
+        memo = self._memo
+        if memo is not None and memo[0] is keys and memo[1] == self._version:
+            return memo[2]
         ids, uniq = encode(keys)
-        return self._levels(uniq)[ids]
+        lev = self._levels(uniq)[ids]
+        if isinstance(keys, BatchKeys):
+            lev.setflags(write=False)
+            self._memo = (keys, self._version, lev)
+        return lev
 
     def survival(self, keys: Sequence[str], scores: npt.ArrayLike) -> F64:
         """``P(S > score)`` under the key's recent normal scores; no side effects."""
@@ -245,6 +256,7 @@ class TailCalibrator:
         s = np.asarray(scores, dtype=np.float64).ravel()
         if s.size != len(keys):
             raise ValueError(f"{len(keys)} keys but {s.size} scores")
+        self._version += 1
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.log(s)
         ok = np.flatnonzero(np.isfinite(z))
@@ -271,6 +283,7 @@ class TailCalibrator:
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.log(np.asarray(scores, dtype=np.float64).ravel())
         z = z[np.isfinite(z)]
+        self._version += 1
         self._keys.pop(key)
         if z.size:
             m, w = _ewma(0.0, 0.0, z, self.key_halflife)
@@ -342,6 +355,7 @@ class TailCalibrator:
         t, xi, sigma, ymax = (float(v) for v in state["fit"])
         self._fit = _Tail(str(state["fit_kind"]), t, xi, sigma, ymax)
         self._pool = (float(state["pool"][0]), float(state["pool"][1]))
+        self._version += 1
         self._keys = KeyColumns(3, self.max_keys)
         self._keys.set_state({"keys": state["keys"], "rows": state["key_sums"]})
 
