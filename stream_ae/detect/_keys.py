@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
@@ -155,7 +156,7 @@ class KeyColumns:
 
     def slots(self, uniq: Sequence[str]) -> I64:
         """Each key's row in the storage, -1 for keys not held."""
-        return np.fromiter((self._slot.get(k, -1) for k in uniq), np.int64, len(uniq))
+        return np.fromiter(map(self._slot.get, uniq, itertools.repeat(-1)), np.int64, len(uniq))
 
     def rows(self, uniq: Sequence[str]) -> npt.NDArray[Any]:
         """Each key's row (zeros for keys not held), a copy."""
