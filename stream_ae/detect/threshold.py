@@ -80,6 +80,8 @@ class RollingQuantileThreshold:
         self._pos = 0
         self._count = 0
         self._value = math.nan
+        self._stat_memo = math.nan
+        self._stat_memo = math.nan  # the statistic of the window as it is (NaN: not known)
         self._primed = False
 
     @property
@@ -109,7 +111,9 @@ class RollingQuantileThreshold:
         """
         if self._count == 0:
             return math.nan
-        return self._stat(self._buf[: self._count])
+        if math.isnan(self._stat_memo):
+            self._stat_memo = self._stat(self._buf[: self._count])
+        return self._stat_memo
 
     def tail(self) -> F64:
         """The scores in the window, oldest first (a copy)."""
@@ -160,6 +164,7 @@ class RollingQuantileThreshold:
         self._pos = 0
         self._count = 0
         self._value = math.nan
+        self._stat_memo = math.nan
 
     def _stat(self, live: F64) -> float:
         if self.mode == "quantile":
@@ -167,7 +172,8 @@ class RollingQuantileThreshold:
         return float(live.mean() + self.k * live.std())
 
     def _compute(self) -> float:
-        return max(self.floor, self.multiplier * self._stat(self._buf[: self._count]))
+        self._stat_memo = self._stat(self._buf[: self._count])
+        return max(self.floor, self.multiplier * self._stat_memo)
 
     def get_state(self) -> dict[str, Any]:
         """Plain-data state: the ring buffer as stored (so sums keep their order)."""
@@ -182,4 +188,5 @@ class RollingQuantileThreshold:
         self._count = int(buf.size)
         self._pos = int(state["pos"])
         self._value = float(state["value"])
+        self._stat_memo = math.nan
         self._primed = bool(state["primed"])
