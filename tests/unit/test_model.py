@@ -164,3 +164,23 @@ def test_exact_linear_matches_matmul_and_scoring_matches_the_torch_network() -> 
         ref = ae._net(torch.from_numpy(x)).numpy()
     ae._net.train()
     np.testing.assert_allclose(ae.score_many(x)[1], np.square(ref - x), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("inputs", "outputs"), [(72, 18), (18, 72), (3, 1), (9, 2)])
+@pytest.mark.parametrize("n", [1, 2, 7, 70, 1000, 2000])
+def test_exact_linear_gives_the_same_bits_on_both_paths(
+    inputs: int, outputs: int, n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # small blocks multiply in one call, large ones input by input: same products, same sums
+    from stream_ae.model import online
+
+    rng = np.random.default_rng(inputs * 1000 + n)
+    xt = rng.normal(size=(inputs, n)).astype(np.float32)
+    w = rng.normal(size=(inputs, outputs, 1)).astype(np.float32)
+    b = rng.normal(size=(outputs, 1)).astype(np.float32)
+    at_once = inputs * outputs * n <= online._PRODUCTS_AT_ONCE
+    got = online.exact_linear(xt, w, b)
+    monkeypatch.setattr(online, "_PRODUCTS_AT_ONCE", (1 << 40) if not at_once else 0)
+    other = online.exact_linear(xt, w, b)
+    assert got.tobytes() == other.tobytes()
+    np.testing.assert_allclose(got, (xt.T @ w[:, :, 0] + b[:, 0]).T, rtol=1e-4, atol=1e-4)
