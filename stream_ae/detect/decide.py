@@ -12,9 +12,10 @@ One :class:`DecisionLayer` per engine composes the pure components of :mod:`stre
    rate under calibrated p-values is the rest of the budget
    (:func:`~stream_ae.detect.evidence.threshold_for_rate`). A sustained moderate excursion
    is found by (3), a single extreme record by (2); a single moderate noise crossing by
-   neither. The evidence flags of a run end once it has fallen ``h_iid`` (the level for
-   independent records) below its peak: the fall is the CUSUM of a return to normal, and
-   ending early costs recall only, never a false flag (see :meth:`DecisionLayer.decide`).
+   neither. The evidence flags of a run (the records since the evidence was last ``h_iid``,
+   the level for independent records, below ``h``) end once it has fallen ``h_iid`` below
+   the run's peak: the fall is the CUSUM of a return to normal, and ending early costs
+   recall only, never a false flag (see :meth:`DecisionLayer.decide`).
 4. :class:`~stream_ae.detect.incidents.IncidentTracker` groups a key's flags into incidents
    (opened / updated / resolved after ``quiet_records`` quiet records); an incident that
    lasts ``regime.after_records`` records (or ``regime.after_seconds``) becomes the key's
@@ -94,7 +95,7 @@ class DecisionLayer:
         self._cal = TailCalibrator(window=c.calibration_window, min_count=c.min_scores,
                                    key_min_count=c.key_min_records, max_keys=max_keys)
         self._ev = EvidenceAccumulator(k=c.evidence_k, cap=c.evidence_cap * self._h,
-                                       max_keys=max_keys, level=self._h)
+                                       max_keys=max_keys, level=self._h - self._h_iid)
         self._inc = IncidentTracker(
             c.quiet_records, c.update_every, max_keys,
             max_records=regime.after_records if regime.enabled else None,
@@ -122,9 +123,10 @@ class DecisionLayer:
             thresholds = self._cal.score_at(bk, np.full(len(bk), self._alpha))
             s, fall = self._ev.update_run(bk, p)
             # while the evidence is high, the records that add to it (p < e^-k) are flagged,
-            # until it has fallen h_iid below its peak: after a fault the evidence drains
-            # from its cap for (cap - h) / (k - 1) records, while records with p < e^-k
-            # keep coming at the null rate (one in ten), each a false flag
+            # until it has fallen h_iid below its run's peak: after a fault the evidence
+            # drains from its cap for (cap - h) / (k - 1) records, and those with p < e^-k
+            # were false flags. A run ends only h_iid below h (the runs of _ev.level), so
+            # the evidence bobbing around h on its way down opens no new run
             flags = (p < self._alpha) | ((s > self._h) & (p < self._p_k) & (fall <= self._h_iid))
             flags &= ~self._echo(errors)
             # a key without a level of its own is read on the pooled level: learn it first
@@ -198,7 +200,7 @@ class DecisionLayer:
         mu = float(above.mean()) if above.size else 0.0
         h = s0 + mu * math.log(q0 / self._rate_ev) if q0 > self._rate_ev and mu > 0 else s0
         self._h = max(self._h_iid, float(h))
-        self._ev.cap, self._ev.level = self.config.evidence_cap * self._h, self._h
+        self._ev.cap, self._ev.level = self.config.evidence_cap * self._h, self._h - self._h_iid
 
     def prime(self, keys: Sequence[str], scores: F64) -> None:
         """After warm-up: the held-out warm-up scores start the calibration."""
@@ -224,7 +226,7 @@ class DecisionLayer:
         self._null_s.set_state(state["null_s"])
         self._h = float(state["h"])
         self._null_new = int(state["null_new"])
-        self._ev.cap, self._ev.level = self.config.evidence_cap * self._h, self._h
+        self._ev.cap, self._ev.level = self.config.evidence_cap * self._h, self._h - self._h_iid
 
 
 def _subset(keys: Sequence[str], bk: BatchKeys, mask: Bool) -> Sequence[str]:

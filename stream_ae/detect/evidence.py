@@ -15,9 +15,10 @@ single extreme rows; smaller ``k`` makes ``S`` wander under the null (positive
 a fraction ``1 - gamma`` of the time, 20 % for ``k = 2``).
 
 Each key also keeps the peak of its current *run* (the rows since ``S`` was last at or below
-the alarm ``level``): the fall from that peak, ``peak - S``, is itself a CUSUM, that of a
-return to normal (``k - x`` reflected at the peak), so a detector of the end of an excursion
-can read it without a second pass (:meth:`EvidenceAccumulator.update_run`).
+a chosen ``level``, at or below the alarm level): the fall from that peak, ``peak - S``, is
+itself a CUSUM, that of a return to normal (``k - x`` reflected at the peak), so a detector
+of the end of an excursion can read it without a second pass
+(:meth:`EvidenceAccumulator.update_run`).
 
 The sums are kept in fixed point (integer multiples of ``2**-20``): integer
 addition is associative, so ``S`` is bit-identical however the rows are split
@@ -105,7 +106,8 @@ class EvidenceAccumulator:
     max_keys
         Keys whose ``S`` is kept.
     level
-        The alarm level the runs of :meth:`update_run` are counted above (``inf``: no runs).
+        The level the runs of :meth:`update_run` are counted above: a run restarts at every
+        row at or below it (``inf``: no runs).
 
     Examples
     --------
