@@ -45,8 +45,9 @@ from stream_ae.records import (
 from stream_ae.types import F32, F64, I64
 from stream_ae.windowing import FeatureStage, RecordWindow, feature_names
 
-STATE_SCHEMA = 3  # 2: decision state (calibration, evidence, incidents), quarantine, keys;
-# 3: the pending window keeps each row's tail probability (column "p")
+STATE_SCHEMA = 4  # 2: decision state (calibration, evidence, incidents), quarantine, keys;
+# 3: the pending window keeps each row's tail probability (column "p"); 4: the evidence keeps
+# the peak of each key's run above its level (column "peak")
 _LOG_EPS = 1e-12
 _MIN_STRIDE = 16
 

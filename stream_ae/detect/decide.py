@@ -12,7 +12,10 @@ One :class:`DecisionLayer` per engine composes the pure components of :mod:`stre
    rate under calibrated p-values is the rest of the budget
    (:func:`~stream_ae.detect.evidence.threshold_for_rate`). A sustained moderate excursion
    is found by (3), a single extreme record by (2); a single moderate noise crossing by
-   neither.
+   neither. The evidence flags of a run (the records since the evidence was last ``h_iid``,
+   the level for independent records, below ``h``) end once it has fallen ``h_iid`` below
+   the run's peak: the fall is the CUSUM of a return to normal, and ending early costs
+   recall only, never a false flag (see :meth:`DecisionLayer.decide`).
 4. :class:`~stream_ae.detect.incidents.IncidentTracker` groups a key's flags into incidents
    (opened / updated / resolved after ``quiet_records`` quiet records); an incident that
    lasts ``regime.after_records`` records (or ``regime.after_seconds``) becomes the key's
@@ -40,6 +43,8 @@ from stream_ae.detect.evidence import EvidenceAccumulator, threshold_for_rate
 from stream_ae.detect.incidents import IncidentTracker, IncidentUpdate
 from stream_ae.types import F32, F64, I64, Bool
 from stream_ae.windowing import RecordWindow
+
+_LEVEL_MIN_VALUES = 1024  # evidence values of normal records before the level is learned
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ class DecisionLayer:
         self._cal = TailCalibrator(window=c.calibration_window, min_count=c.min_scores,
                                    key_min_count=c.key_min_records, max_keys=max_keys)
         self._ev = EvidenceAccumulator(k=c.evidence_k, cap=c.evidence_cap * self._h,
-                                       max_keys=max_keys)
+                                       max_keys=max_keys, level=self._h - self._h_iid)
         self._inc = IncidentTracker(
             c.quiet_records, c.update_every, max_keys,
             max_records=regime.after_records if regime.enabled else None,
@@ -116,9 +121,13 @@ class DecisionLayer:
         thresholds = None
         if legacy is None:
             thresholds = self._cal.score_at(bk, np.full(len(bk), self._alpha))
-            s = self._ev.update(bk, p)
-            # while the evidence is high, the records that add to it (p < e^-k) are flagged
-            flags = (p < self._alpha) | ((s > self._h) & (p < self._p_k))
+            s, fall = self._ev.update_run(bk, p)
+            # while the evidence is high, the records that add to it (p < e^-k) are flagged,
+            # until it has fallen h_iid below its run's peak: after a fault the evidence
+            # drains from its cap for (cap - h) / (k - 1) records, and those with p < e^-k
+            # were false flags. A run ends only h_iid below h (the runs of _ev.level), so
+            # the evidence bobbing around h on its way down opens no new run
+            flags = (p < self._alpha) | ((s > self._h) & (p < self._p_k) & (fall <= self._h_iid))
             flags &= ~self._echo(errors)
             # a key without a level of its own is read on the pooled level: learn it first
             flags &= self._cal.has_level(bk) & self._cal.is_warm
@@ -171,13 +180,17 @@ class DecisionLayer:
         s = self._null.update(keys, p)[-self._null_s.size:]
         self._null_s.push(s=s)
         n = len(self._null_s)
-        if n < self.config.min_scores:
-            return
         self._null_new += s.size
-        if self._null_new < min(4096, n):
-            # the first fit once the values counted from here fill the window or reach 4096
-            # (their 98 % quantile and the mean excess above it, from fewer correlated
-            # values, are too loose to set a level from), then one every 4096 values
+        fitted_at = n - self._null_new  # values in the window at the last fit (0: none yet)
+        first = n == s.size and n >= self.config.min_scores
+        need = min(_LEVEL_MIN_VALUES, self._null_s.size)
+        if not first and (n < need or self._null_new < min(4096, fitted_at)):
+            # fits: when the first stride after warm-up brings min_scores values at once (an
+            # eighth of a warm-up of 800 records or more; a first fit can only raise the
+            # level), at 1024 values, as the window doubles, then one every 4096 values.
+            # Below 1024 the 98 % quantile of correlated values and the ~20 excesses above
+            # it are too loose: fits from the first few hundred values of SKAB's files
+            # raise the level well above the independent-records one and lose recall.
             return
         self._null_new = 0
         window = self._null_s.column("s")
@@ -187,7 +200,7 @@ class DecisionLayer:
         mu = float(above.mean()) if above.size else 0.0
         h = s0 + mu * math.log(q0 / self._rate_ev) if q0 > self._rate_ev and mu > 0 else s0
         self._h = max(self._h_iid, float(h))
-        self._ev.cap = self.config.evidence_cap * self._h
+        self._ev.cap, self._ev.level = self.config.evidence_cap * self._h, self._h - self._h_iid
 
     def prime(self, keys: Sequence[str], scores: F64) -> None:
         """After warm-up: the held-out warm-up scores start the calibration."""
@@ -213,7 +226,7 @@ class DecisionLayer:
         self._null_s.set_state(state["null_s"])
         self._h = float(state["h"])
         self._null_new = int(state["null_new"])
-        self._ev.cap = self.config.evidence_cap * self._h
+        self._ev.cap, self._ev.level = self.config.evidence_cap * self._h, self._h - self._h_iid
 
 
 def _subset(keys: Sequence[str], bk: BatchKeys, mask: Bool) -> Sequence[str]:

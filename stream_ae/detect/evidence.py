@@ -14,6 +14,12 @@ Larger ``k`` (3: ``theta ~ 10``) leaves the detection of moderate shifts to
 single extreme rows; smaller ``k`` makes ``S`` wander under the null (positive
 a fraction ``1 - gamma`` of the time, 20 % for ``k = 2``).
 
+Each key also keeps the peak of its current *run* (the rows since ``S`` was last at or below
+a chosen ``level``, at or below the alarm level): the fall from that peak, ``peak - S``, is
+itself a CUSUM, that of a return to normal (``k - x`` reflected at the peak), so a detector
+of the end of an excursion can read it without a second pass
+(:meth:`EvidenceAccumulator.update_run`).
+
 The sums are kept in fixed point (integer multiples of ``2**-20``): integer
 addition is associative, so ``S`` is bit-identical however the rows are split
 into calls.
@@ -99,6 +105,9 @@ class EvidenceAccumulator:
         rate of an ``h`` below it by ``O(e^{-gamma (cap - h)})`` only.
     max_keys
         Keys whose ``S`` is kept.
+    level
+        The level the runs of :meth:`update_run` are counted above: a run restarts at every
+        row at or below it (``inf``: no runs).
 
     Examples
     --------
@@ -109,13 +118,19 @@ class EvidenceAccumulator:
     [3.0, 2.0, 2.0, 0.5]
     >>> ev.value("a"), ev.value("c")
     (0.5, 0.0)
+    >>> run = EvidenceAccumulator(k=2.0, level=4.0)  # surprises 9, 3, 1, 6, 0: S 7, 8, 7, 11, 9
+    >>> s, fall = run.update_run(["a"] * 5, np.exp(-np.array([9.0, 3.0, 1.0, 6.0, 0.0])))
+    >>> s.round(6).tolist(), fall.round(6).tolist()
+    ([7.0, 8.0, 7.0, 11.0, 9.0], [0.0, 0.0, 1.0, 0.0, 2.0])
     """
 
-    def __init__(self, k: float = 2.0, cap: float = 30.0, max_keys: int = 100_000) -> None:
+    def __init__(self, k: float = 2.0, cap: float = 30.0, max_keys: int = 100_000,
+                 level: float = math.inf) -> None:
         self.k = k
         self.cap = cap
         self.max_keys = max_keys
-        self._s = KeyColumns(1, max_keys, np.int64)  # S in units of 2**-20
+        self.level = level
+        self._s = KeyColumns(2, max_keys, np.int64)  # S and its run's peak, in 2**-20 units
 
     def __len__(self) -> int:
         return len(self._s)
@@ -126,13 +141,18 @@ class EvidenceAccumulator:
 
     def update(self, keys: Sequence[str], p: npt.ArrayLike) -> F64:
         """Advance each row's key by its surprise; ``S_t`` per row."""
+        return self.update_run(keys, p)[0]
+
+    def update_run(self, keys: Sequence[str], p: npt.ArrayLike) -> tuple[F64, F64]:
+        """As :meth:`update`; also each row's fall from the peak of its key's run above
+        ``level``."""
         pv = np.asarray(p, dtype=np.float64).ravel()
         if pv.size != len(keys):
             raise ValueError(f"{len(keys)} keys but {pv.size} p-values")
         nan = np.isnan(pv)
         xq = np.rint(-np.log(np.clip(np.where(nan, 1.0, pv), _P_MIN, 1.0)) * _SCALE)
         d = np.where(nan, 0, xq.astype(np.int64) - round(self.k * _SCALE)).astype(np.int64)
-        out = np.empty(pv.size, dtype=np.int64)
+        out = np.empty((pv.size, 2), dtype=np.int64)
         start = 0
         n = len(keys)
         while start < n:
@@ -142,20 +162,26 @@ class EvidenceAccumulator:
             part = keys if (start, end) == (0, n) else keys[start:end]
             out[start:end] = self._advance(part, d[start:end])
             start = end
-        return out / _SCALE
+        return out[:, 0] / _SCALE, (out[:, 1] - out[:, 0]) / _SCALE
 
-    def _advance(self, keys: Sequence[str], d: I64) -> I64:
-        """Rows whose new keys fit without an eviction: all keys at once, then evict."""
+    def _advance(self, keys: Sequence[str], d: I64) -> npt.NDArray[np.int64]:
+        """Rows whose new keys fit without an eviction: all keys at once, then evict.
+        Per row ``S`` and its run's peak (``S`` itself on rows at or below the level)."""
         ids, uniq = encode(keys)
-        s0 = self._s.rows(uniq)[:, 0]
+        before = self._s.rows(uniq)
         seg = segments(ids, len(uniq))
         cap = _CAP_INF if math.isinf(self.cap) else round(self.cap * _SCALE)
-        s_sorted = _reflected(d[seg.order], seg.start, seg.count, np.minimum(s0, cap), cap)
-        out = np.empty_like(s_sorted)
-        out[seg.order] = s_sorted
-        final = s_sorted[seg.start + seg.count - 1]
+        s_sorted = _reflected(d[seg.order], seg.start, seg.count, np.minimum(before[:, 0], cap),
+                              cap)
+        both = np.stack([s_sorted, s_sorted], axis=1)
+        if not math.isinf(self.level):
+            both[:, 1] = _run_peaks(s_sorted, seg.start, seg.count, before[:, 1],
+                                    round(self.level * _SCALE))
+        out = np.empty_like(both)
+        out[seg.order] = both
+        final = both[seg.start + seg.count - 1]
         lru = np.argsort(last_rows(ids, len(uniq)), kind="stable")
-        self._s.put([uniq[i] for i in lru.tolist()], final[lru][:, None])
+        self._s.put([uniq[i] for i in lru.tolist()], final[lru])
         return out
 
     def reset(self, key: str) -> None:
@@ -163,14 +189,34 @@ class EvidenceAccumulator:
         self._s.pop(key)
 
     def get_state(self) -> dict[str, Any]:
-        """Plain data: keys in LRU order (oldest first) and ``S`` in units of ``2**-20``."""
+        """Plain data: keys in LRU order (oldest first), ``S`` and its run's peak in units of
+        ``2**-20``."""
         state = self._s.get_state()
-        return {"keys": state["keys"], "s": state["rows"][:, 0].copy()}
+        return {"keys": state["keys"], "s": state["rows"][:, 0].copy(),
+                "peak": state["rows"][:, 1].copy()}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`get_state` returned."""
-        self._s = KeyColumns(1, self.max_keys, np.int64)
-        self._s.set_state({"keys": state["keys"], "rows": np.asarray(state["s"], np.int64)})
+        self._s = KeyColumns(2, self.max_keys, np.int64)
+        rows = np.stack([np.asarray(state["s"], np.int64),
+                         np.asarray(state["peak"], np.int64)], axis=1).reshape(-1, 2)
+        self._s.set_state({"keys": state["keys"], "rows": rows})
+
+
+def _run_peaks(s: I64, start: I64, count: I64, peak0: I64, level: int) -> I64:
+    """Running maximum of ``s`` (rows sorted by segment) over the runs above ``level``: a run
+    restarts at every row at or below it (whose peak is ``s`` itself); a segment's first run
+    goes on from ``peak0`` when its first row is above the level."""
+    above = s > level
+    new = ~above
+    new[start] = True
+    gid = np.cumsum(new) - 1
+    v = np.where(above, s, 0)
+    peak = -_segment_cummin(-v, gid, np.flatnonzero(new))
+    sid = np.repeat(np.arange(start.size), count)
+    first = (gid == gid[start][sid]) & above[start][sid]
+    out: I64 = np.where(above, np.where(first, np.maximum(peak, peak0[sid]), peak), s)
+    return out
 
 
 def _lindley(d: I64, first: I64, sid: I64, s0: I64) -> I64:

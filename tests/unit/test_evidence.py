@@ -27,6 +27,16 @@ def cusum_oracle(keys: list[str], p: np.ndarray, k: float, max_keys: int,
     return out
 
 
+def fall_oracle(keys: list[str], s: np.ndarray, level: float) -> np.ndarray:
+    """Each row's fall from the peak of its key's run above ``level``, one row at a time."""
+    peak: dict[str, float] = {}
+    out = np.empty(len(keys))
+    for i, key in enumerate(keys):
+        peak[key] = max(peak.get(key, 0.0), s[i]) if s[i] > level else s[i]
+        out[i] = peak[key] - s[i]
+    return out
+
+
 def test_vectorised_equals_the_recursion_over_many_keys() -> None:
     rng = np.random.default_rng(3)
     keys = [f"k{i}" for i in rng.integers(0, 7, 3000)]
@@ -39,6 +49,21 @@ def test_vectorised_equals_the_recursion_over_many_keys() -> None:
     capped = EvidenceAccumulator(k=2.0, cap=12.0).update(keys, p)
     np.testing.assert_allclose(capped, cusum_oracle(keys, p, 2.0, 10**6, cap=12.0), atol=1e-4)
     assert (capped == 12.0).sum() > 100 and (capped == 0.0).sum() > 20  # both walls visited
+
+
+def test_fall_from_the_run_peak_equals_the_recursion() -> None:
+    rng = np.random.default_rng(4)
+    keys = [f"k{i}" for i in rng.integers(0, 5, 4000)]
+    p = rng.uniform(size=4000) ** 3
+    p[rng.integers(0, 4000, 40)] = np.nan
+    ev = EvidenceAccumulator(k=2.0, cap=30.0, level=10.0)
+    s, fall = ev.update_run(keys[:1500], p[:1500])
+    s2, fall2 = ev.update_run(keys[1500:], p[1500:])  # runs go on across calls
+    s, fall = np.concatenate([s, s2]), np.concatenate([fall, fall2])
+    np.testing.assert_array_equal(s, EvidenceAccumulator(k=2.0, cap=30.0).update(keys, p))
+    want = fall_oracle(keys, cusum_oracle(keys, p, 2.0, 10**6, cap=30.0), 10.0)
+    np.testing.assert_allclose(fall, want, atol=1e-4)
+    assert fall.max() > 15.0 and (fall[s > 10.0] == 0.0).sum() > 100  # falls and new peaks
 
 
 def test_the_cap_lets_evidence_fall_soon_after_a_burst() -> None:
