@@ -48,6 +48,9 @@ from stream_ae.windowing import FeatureStage, RecordWindow, feature_names
 STATE_SCHEMA = 4  # 2: decision state (calibration, evidence, incidents), quarantine, keys;
 # 3: the pending window keeps each row's tail probability (column "p"); 4: the evidence keeps
 # the peak of each key's run above its level (column "peak")
+#: schemas this build restores: a schema-3 snapshot (before the run peaks) continues with
+#: each key's peak at its current evidence (an upgrade keeps every learned state)
+_READS = (3, STATE_SCHEMA)
 _LOG_EPS = 1e-12
 _MIN_STRIDE = 16
 
@@ -612,9 +615,9 @@ def restore_under(blob: bytes, config: EngineConfig,
 
 def stored_config(tree: dict[str, Any]) -> tuple[EngineConfig, list[str]]:
     """The engine configuration and raw feature names a decoded snapshot tree was taken with."""
-    if tree.get("schema") != STATE_SCHEMA:
+    if tree.get("schema") not in _READS:
         raise SnapshotError(f"engine state schema {tree.get('schema')!r}, "
-                            f"this build reads {STATE_SCHEMA}")
+                            f"this build reads {', '.join(map(str, _READS))}")
     try:
         return (EngineConfig.model_validate(tree["config"]),
                 [str(n) for n in tree["raw_feature_names"]])

@@ -196,10 +196,12 @@ class EvidenceAccumulator:
                 "peak": state["rows"][:, 1].copy()}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`get_state` returned."""
+        """Restore what :meth:`get_state` returned (a state without ``peak``, from before the
+        run peaks, starts each key's run at its current ``S``)."""
         self._s = KeyColumns(2, self.max_keys, np.int64)
         rows = np.stack([np.asarray(state["s"], np.int64),
-                         np.asarray(state["peak"], np.int64)], axis=1).reshape(-1, 2)
+                         np.asarray(state.get("peak", state["s"]), np.int64)],
+                        axis=1).reshape(-1, 2)
         self._s.set_state({"keys": state["keys"], "rows": rows})
 
 

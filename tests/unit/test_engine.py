@@ -431,3 +431,21 @@ def test_per_row_model_versions_do_not_depend_on_batching(data: Batch) -> None:
     assert whole.model_versions[0] == 0 and whole.model_versions[-1] > 0
     assert [r.model_version for r in parts][-1] == whole.model_version
 
+
+
+def test_a_schema_3_snapshot_restores_with_the_run_peaks_at_the_evidence(data: Batch) -> None:
+    from stream_ae import snapshot as snap
+
+    eng = Engine(small_config(), NAMES)
+    eng.step(data.slice(0, 700))
+    tree, blobs = snap.decode(eng.snapshot())
+    evidence = tree["parts"]["decision"]["evidence"]
+    assert len(evidence["keys"]) > 0 and "peak" in evidence
+    old = {**tree, "schema": 3, "parts": {**tree["parts"], "decision": {
+        **tree["parts"]["decision"], "evidence": {"keys": evidence["keys"], "s": evidence["s"]}}}}
+    restored = Engine.restore(snap.encode(old, blobs))
+    state = restored._dec.get_state()["evidence"]
+    np.testing.assert_array_equal(state["peak"], evidence["s"])
+    assert len(restored.step(data.slice(700, 900))) == 200
+    with pytest.raises(SnapshotError, match="schema 2"):
+        Engine.restore(snap.encode({**tree, "schema": 2}, blobs))
