@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import optimize
+from scipy import special
 
 from stream_ae.detect._keys import KeyColumns, encode, last_rows, n_distinct, safe_end, segments
 
@@ -46,10 +46,18 @@ _CAP_INF = 2**62  # beyond any sum of 2e6 surprises of at most 691 (in 2**-20 un
 
 
 def _gamma(k: float) -> float:
-    """The positive root of ``1 - g = exp(-g k)`` (the Lundberg exponent of ``Exp(1) - k``)."""
+    """The positive root of ``1 - g = exp(-g k)`` (the Lundberg exponent of ``Exp(1) - k``):
+    ``g = 1 + W(-k e^-k) / k`` with ``W`` Lambert's principal branch (``-k`` is the other
+    branch's root, ``g = 0``), from ``scipy.special`` (``scipy.optimize`` costs ~0.1-0.3 s
+    to import for one root).
+
+    >>> g = _gamma(2.3)
+    >>> round(g, 12), abs(1.0 - g - math.exp(-g * 2.3)) < 1e-15
+    (0.862423278019, True)
+    """
     if not k > 1.0:
         raise ValueError(f"k must exceed 1 (the null mean surprise), got {k}")
-    return float(optimize.brentq(lambda g: 1.0 - g - math.exp(-g * k), 1e-12, 1.0, xtol=1e-15))
+    return 1.0 + float(special.lambertw(-k * math.exp(-k)).real) / k
 
 
 def threshold_for_rate(k: float, rate: float) -> float:

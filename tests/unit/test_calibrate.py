@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from stream_ae.detect import BatchKeys, calibrate
+from stream_ae.detect import BatchKeys
 from stream_ae.detect.calibrate import TailCalibrator, grade
 
 Gen = Callable[[np.random.Generator, int], np.ndarray]
@@ -148,8 +148,12 @@ def test_fallbacks_empirical_with_few_excesses_exponential_when_the_fit_fails(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("no convergence")
 
-    monkeypatch.setattr(calibrate.stats.genpareto, "fit", broken)
-    cal = warm(LOGNORMAL, 5, n=5000, window=5000, min_count=1000)
+    from scipy import stats
+
+    heavy: Gen = lambda r, n: np.exp(r.pareto(2.0, n))  # noqa: E731  log-scores: Pareto tail
+    assert warm(heavy, 5, n=5000, window=5000, min_count=1000).tail_kind == "gpd"
+    monkeypatch.setattr(stats.genpareto, "fit", broken)
+    cal = warm(heavy, 5, n=5000, window=5000, min_count=1000)
     u = cal.values()
     t = float(np.quantile(u, 0.98))
     assert cal.tail_kind == "exp"
