@@ -242,14 +242,14 @@ def _features(
     p = seg[sacc] + h + rank
     e[p] = sv[acc]
     e = _ffill_segments(e, virt)
-    feats = _lag_blocks(e, p, lags, diffs)
     new_hist = e[(seg + h + counts)[:, None] - 1 - np.arange(h)]
     orig = order[acc]
     back = np.argsort(orig, kind="stable")
     last = np.full(m, -1, dtype=np.int64)
     np.maximum.at(last, sacc, orig)
     rej = sorted(zip(order[~acc].tolist(), [reason] * int((~acc).sum()), strict=True))
-    return _Features(feats[back], orig[back].astype(np.int64), tuple(rej), new_hist, last)
+    feats = _lag_blocks(e, p[back], lags, diffs)  # gathered in row order at once
+    return _Features(feats, orig[back].astype(np.int64), tuple(rej), new_hist, last)
 
 
 def _accepted(
@@ -279,10 +279,12 @@ def _ffill_segments(e: F32, virt: I64) -> F32:
 
 
 def _lag_blocks(e: F32, p: I64, lags: int, diffs: bool) -> F32:
-    blocks = [e[p - j] for j in range(lags + 1)]
+    """Rows ``e[p], e[p - 1], ..., e[p - lags]`` side by side (then ``e[p] - e[p - 1]``):
+    one gather of ``(rows, lags + 1, d)``, laid out as the blocks one after the other."""
+    lagged = e[p[:, None] - np.arange(lags + 1)].reshape(p.size, (lags + 1) * e.shape[1])
     if diffs:
-        blocks.append(e[p] - e[p - 1])
-    return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+        return np.concatenate([lagged, e[p] - e[p - 1]], axis=1)
+    return lagged
 
 
 class RecordWindow:
