@@ -281,9 +281,10 @@ def _ffill_segments(e: F32, virt: I64) -> F32:
 def _lag_blocks(e: F32, p: I64, lags: int, diffs: bool) -> F32:
     """Rows ``e[p], e[p - 1], ..., e[p - lags]`` side by side (then ``e[p] - e[p - 1]``):
     one gather of ``(rows, lags + 1, d)``, laid out as the blocks one after the other."""
-    lagged = e[p[:, None] - np.arange(lags + 1)].reshape(p.size, (lags + 1) * e.shape[1])
+    lagged: F32 = e[p[:, None] - np.arange(lags + 1)].reshape(p.size, (lags + 1) * e.shape[1])
     if diffs:
-        return np.concatenate([lagged, e[p] - e[p - 1]], axis=1)
+        with_diffs: F32 = np.concatenate([lagged, e[p] - e[p - 1]], axis=1)
+        return with_diffs
     return lagged
 
 

@@ -481,6 +481,12 @@ def _fit_tail(exc: F64, t: float, start: tuple[float, float] | None) -> _Tail:
     return _exp_tail(exc, t)
 
 
+def preload() -> None:
+    """Import what a GPD fit needs now: a long-running process calls this at its start, so
+    that the first over-dispersed tail does not stall a batch for the import (~1 s)."""
+    from scipy import stats  # noqa: F401
+
+
 def _exp_tail(exc: F64, t: float) -> _Tail:
     """The exponential tail: its MLE scale with the location at 0 is the mean excess, the
     value ``scipy.stats.expon.fit(exc, floc=0)`` returns (``scale = mean - floc``).

@@ -18,6 +18,7 @@ import structlog
 from stream_ae.checkpoint.base import build_store
 from stream_ae.config import Settings, producer_max_bytes
 from stream_ae.decode import FeatureSchema
+from stream_ae.detect import calibrate
 from stream_ae.errors import FencedError, GaveUpError, SinkError, SourceError, StoreError
 from stream_ae.metrics import Health, ServiceMetrics
 from stream_ae.processor import Detector, MakeEngine
@@ -58,10 +59,11 @@ def engine_factory(settings: Settings) -> EngineFactory:
 
 def prewarm_engine(settings: Settings) -> EngineFactory:
     """The real engine factories, after paying the engine's one-time lazy imports (torch
-    optimizer, river) now, before joining the group, not inside the first batch. The
-    throwaway engine is discarded."""
+    optimizer, river, scipy.stats for the GPD tail fits) now, before joining the group, not
+    inside a batch. The throwaway engine is discarded."""
     make, restore = engine_factory(settings)
     make(("warm-up",)).step(Batch.from_arrays([[0.0]]))
+    calibrate.preload()
     return make, restore
 
 
