@@ -163,11 +163,17 @@ class DecisionLayer:
         changes only here, so they are what it would say now)."""
         bk = BatchKeys(keys)
         moderate = ~(p < 10 * self._alpha)
+        # rows of a key without a level of its own were read on the pooled level and never
+        # flagged (``decide``): they are learned whatever their p, so that the key gets its
+        # level. Censoring them too deadlocked a stream whose keys outnumber the warm-up
+        # (every key below key_min_records, every score extreme on the pooled level: the
+        # calibration never learned again and nothing was ever flagged)
+        learn = moderate | ~self._cal.has_level(bk)
         if moderate.any() and self._cal.is_warm:
             # the evidence level learns from every record but the extreme ones: leaving out
             # the records flagged on evidence would cut off the very tail it is set from
             self._learn_evidence_level(_subset(keys, bk, moderate), p[moderate])
-        keep = moderate & ~flags
+        keep = learn & ~flags
         if keep.any():
             self._cal.update(_subset(keys, bk, keep), scores[keep])
 

@@ -53,3 +53,26 @@ def test_the_evidence_level_is_first_learned_at_1024_values() -> None:
     changed = [50 * (j + 1) for j in range(1, len(levels)) if levels[j] != levels[j - 1]]
     assert levels[0] == layer._h_iid  # no fit from the first 50 values
     assert changed[0] == 1050 and levels[-1] > 2 * layer._h_iid  # learned, and well above
+
+
+def test_keys_without_a_level_are_learned_however_surprising_on_the_pooled_level() -> None:
+    # more keys than the warm-up could give a level (each below key_min_records), and every
+    # later score far above the pooled level: the calibration must go on learning them
+    # (before, it censored them as extreme and never learned again: nothing was ever flagged)
+    layer = DecisionLayer(DecisionConfig(), RegimeConfig(), ("x",), 0, False, 10_000)
+    rng = np.random.default_rng(0)
+    keys = [f"k{i % 2000}" for i in range(6000)]  # 3 records a key
+    layer.prime(keys, rng.lognormal(0.0, 0.3, 6000))
+    count = layer._cal._count
+    high = rng.lognormal(3.0, 0.3, 6000)  # every score ~20x the pooled level
+    d = layer.decide(keys, high, np.arange(6000.0), np.arange(6000), np.ones((6000, 1), np.float32))
+    assert not d.flags.any()  # on the pooled level: learned first, not flagged
+    assert (d.p < 10 * layer._alpha).all()  # ... however extreme they look there
+    layer.absorb(keys, high, d.p, d.flags)
+    assert layer._cal._count == count + 6000
+    for _ in range(16):  # 3 records a key each time: 51 learned, past key_min_records (50)
+        d = layer.decide(keys, high, np.arange(6000.0), np.arange(6000),
+                         np.ones((6000, 1), np.float32))
+        layer.absorb(keys, high, d.p, d.flags)
+    assert layer._cal.has_level(["k0", "k1999"]).all()  # the keys have their own levels
+    assert float(np.median(layer._cal.survival(keys, high))) > 0.1  # ... on which they are normal
