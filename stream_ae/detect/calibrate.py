@@ -144,8 +144,7 @@ class TailCalibrator:
         self._fit_count = 0  # window size at the last fit
         self._pool = (0.0, 0.0)  # exponentially weighted sum of z and of weights
         self._keys = KeyColumns(3, max_keys)  # per key: weighted sums of z and weights, count
-        self._version = 0  # moved by every change of the levels (see ``levels``)
-        self._memo: tuple[Sequence[str], int, F64] | None = None
+        self._memo: tuple[Sequence[str], F64] | None = None  # see ``levels``
 
     # ------------------------------------------------------------------ reading
     @property
@@ -177,16 +176,16 @@ class TailCalibrator:
 
     def levels(self, keys: Sequence[str]) -> F64:
         """The level each key's ``log(score)`` is normalised by (no side effects). The
-        levels of the last :class:`BatchKeys` asked for are kept until the next change of
-        state (``survival`` and ``score_at`` of one block ask twice)."""
-        memo = self._memo
-        if memo is not None and memo[0] is keys and memo[1] == self._version:
-            return memo[2]
+        levels of the last :class:`BatchKeys` asked for are kept until the levels change
+        (``update``, ``reset_key``, ``set_state``; ``survival`` and ``score_at`` of one block
+        ask twice)."""
+        if self._memo is not None and self._memo[0] is keys:
+            return self._memo[1]
         ids, uniq = encode(keys)
         lev = self._levels(uniq)[ids]
         if isinstance(keys, BatchKeys):
             lev.setflags(write=False)
-            self._memo = (keys, self._version, lev)
+            self._memo = (keys, lev)
         return lev
 
     def survival(self, keys: Sequence[str], scores: npt.ArrayLike) -> F64:
@@ -210,14 +209,18 @@ class TailCalibrator:
     def score_at(self, keys: Sequence[str], p: npt.ArrayLike) -> F64:
         """The score whose survival is ``p`` for each key (the alert's threshold): on the GPD
         tail the exact inverse, in the empirical body the smallest window value whose
-        survival is at most ``p``; ``inf`` where no score is that rare (or before warm-up)."""
-        pv = np.asarray(p, dtype=np.float64).ravel()
+        survival is at most ``p``; ``inf`` where no score is that rare (or before warm-up).
+        ``p`` is one rate per row, or one rate for all of them."""
+        pv = np.asarray(p, dtype=np.float64)
+        if pv.ndim == 0 and self.is_warm and not math.isnan(pv):
+            # one rate for every row (the engine's thresholds): one inverse for all of them
+            with np.errstate(over="ignore"):
+                one: F64 = np.exp(self._u_at(pv.reshape(1))[0] + self.levels(keys))
+            return one
+        pv = np.broadcast_to(pv, (len(keys),)) if pv.ndim == 0 else pv.ravel()
         if not self.is_warm:
             return np.where(np.isnan(pv), np.nan, math.inf)
         with np.errstate(over="ignore"):
-            if pv.size > 1 and pv[0] == pv.min() == pv.max():  # one rate (the engine's)
-                one: F64 = np.exp(self._u_at(pv[:1])[0] + self.levels(keys))
-                return one
             out: F64 = np.exp(self._u_at(pv) + self.levels(keys))
         out[np.isnan(pv)] = np.nan
         return out
@@ -256,7 +259,7 @@ class TailCalibrator:
         s = np.asarray(scores, dtype=np.float64).ravel()
         if s.size != len(keys):
             raise ValueError(f"{len(keys)} keys but {s.size} scores")
-        self._version += 1
+        self._memo = None  # the levels change
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.log(s)
         ok = np.flatnonzero(np.isfinite(z))
@@ -283,7 +286,7 @@ class TailCalibrator:
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.log(np.asarray(scores, dtype=np.float64).ravel())
         z = z[np.isfinite(z)]
-        self._version += 1
+        self._memo = None  # the levels change
         self._keys.pop(key)
         if z.size:
             m, w = _ewma(0.0, 0.0, z, self.key_halflife)
@@ -355,7 +358,7 @@ class TailCalibrator:
         t, xi, sigma, ymax = (float(v) for v in state["fit"])
         self._fit = _Tail(str(state["fit_kind"]), t, xi, sigma, ymax)
         self._pool = (float(state["pool"][0]), float(state["pool"][1]))
-        self._version += 1
+        self._memo = None  # the levels change
         self._keys = KeyColumns(3, self.max_keys)
         self._keys.set_state({"keys": state["keys"], "rows": state["key_sums"]})
 

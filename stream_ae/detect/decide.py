@@ -120,7 +120,7 @@ class DecisionLayer:
         grades = grade(p, self.config.grade_decades)
         thresholds = None
         if legacy is None:
-            thresholds = self._cal.score_at(bk, np.full(len(bk), self._alpha))
+            thresholds = self._cal.score_at(bk, self._alpha)
             s, fall = self._ev.update_run(bk, p)
             # while the evidence is high, the records that add to it (p < e^-k) are flagged,
             # until it has fallen h_iid below its run's peak: after a fault the evidence

@@ -80,7 +80,6 @@ class RollingQuantileThreshold:
         self._pos = 0
         self._count = 0
         self._value = math.nan
-        self._stat_memo = math.nan
         self._stat_memo = math.nan  # the statistic of the window as it is (NaN: not known)
         self._primed = False
 
