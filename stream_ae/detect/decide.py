@@ -86,7 +86,6 @@ class DecisionLayer:
         self._rate_ev = (1.0 - c.point_share) * c.false_alarm_rate
         self._p_k = float(np.exp(-c.evidence_k))
         self._h_iid = threshold_for_rate(c.evidence_k, self._rate_ev)
-        self._h = self._h_iid
         # the evidence of normal records only, to learn how often it runs high on this
         # stream (consecutive scores are correlated: lags share inputs, sensors drift)
         self._null = EvidenceAccumulator(k=c.evidence_k, cap=1e4, max_keys=max_keys)
@@ -94,8 +93,8 @@ class DecisionLayer:
         self._null_new = 0
         self._cal = TailCalibrator(window=c.calibration_window, min_count=c.min_scores,
                                    key_min_count=c.key_min_records, max_keys=max_keys)
-        self._ev = EvidenceAccumulator(k=c.evidence_k, cap=c.evidence_cap * self._h,
-                                       max_keys=max_keys, level=self._h - self._h_iid)
+        self._ev = EvidenceAccumulator(k=c.evidence_k, max_keys=max_keys)
+        self._set_level(self._h_iid)
         self._inc = IncidentTracker(
             c.quiet_records, c.update_every, max_keys,
             max_records=regime.after_records if regime.enabled else None,
@@ -205,8 +204,13 @@ class DecisionLayer:
         q0 = above.size / n
         mu = float(above.mean()) if above.size else 0.0
         h = s0 + mu * math.log(q0 / self._rate_ev) if q0 > self._rate_ev and mu > 0 else s0
-        self._h = max(self._h_iid, float(h))
-        self._ev.cap, self._ev.level = self.config.evidence_cap * self._h, self._h - self._h_iid
+        self._set_level(max(self._h_iid, float(h)))
+
+    def _set_level(self, h: float) -> None:
+        """The evidence level ``h``, the evidence's cap (``evidence_cap`` x ``h``) and the level
+        its runs are counted above (``h_iid`` below ``h``)."""
+        self._h = h
+        self._ev.cap, self._ev.level = self.config.evidence_cap * h, h - self._h_iid
 
     def prime(self, keys: Sequence[str], scores: F64) -> None:
         """After warm-up: the held-out warm-up scores start the calibration."""
@@ -230,9 +234,8 @@ class DecisionLayer:
         self._inc.set_state(state["incidents"])
         self._null.set_state(state["null"])
         self._null_s.set_state(state["null_s"])
-        self._h = float(state["h"])
+        self._set_level(float(state["h"]))
         self._null_new = int(state["null_new"])
-        self._ev.cap, self._ev.level = self.config.evidence_cap * self._h, self._h - self._h_iid
 
 
 def _subset(keys: Sequence[str], bk: BatchKeys, mask: Bool) -> Sequence[str]:
