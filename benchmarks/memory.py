@@ -252,13 +252,15 @@ def _processed(port: int) -> int:
     """Records the service has consumed (``stream_ae_records_in_total``; -1: no answer)."""
     import urllib.request
 
+    from prometheus_client.parser import text_string_to_metric_families
+
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             text = r.read().decode()
     except OSError:
         return -1
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("stream_ae_records_in_total{")))
+    return int(sum(s.value for family in text_string_to_metric_families(text)
+                   for s in family.samples if s.name == "stream_ae_records_in_total"))
 
 
 def _print_soak(samples: list[tuple[float, int, int]], seconds: float, rate: int,

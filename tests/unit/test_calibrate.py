@@ -148,8 +148,6 @@ def test_fallbacks_empirical_with_few_excesses_exponential_when_the_fit_fails(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("no convergence")
 
-    from scipy import stats
-
     heavy: Gen = lambda r, n: np.exp(r.pareto(2.0, n))  # noqa: E731  log-scores: Pareto tail
     assert warm(heavy, 5, n=5000, window=5000, min_count=1000).tail_kind == "gpd"
     monkeypatch.setattr(stats.genpareto, "fit", broken)

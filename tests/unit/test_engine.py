@@ -432,7 +432,6 @@ def test_per_row_model_versions_do_not_depend_on_batching(data: Batch) -> None:
     assert [r.model_version for r in parts][-1] == whole.model_version
 
 
-
 def test_a_schema_3_snapshot_restores_with_the_run_peaks_at_the_evidence(data: Batch) -> None:
     from stream_ae import snapshot as snap
 
