@@ -42,7 +42,7 @@ def river_defaults() -> EngineConfig:
     no lags (river streams are often independent rows; ``lags`` adds them), ``ffill`` for
     missing keys, and the rolling-quantile decision (``q``). The engine's default decision,
     a calibrated false-alarm budget (``decision.mode="budget"``), is made for long streams:
-    at its default rate (1e-4 per record) it flags nothing in the 1,200 records of the
+    at its default rate (3e-5 per record) it flags nothing in the 1,200 records of the
     example below; pass ``config`` to use it.
 
     >>> c = river_defaults()
