@@ -17,7 +17,7 @@ test rows (scores of different files are on different scales), and its trailing 
 shipped defaults do. If no threshold meets both targets with hindsight, no label-free rule on
 this statistic can.
 
-    .venv/bin/python benchmarks/quality/oracle.py [--windows 1 10 20 40] [--jobs 2]
+    .venv/bin/python benchmarks/quality/hindsight.py [--windows 1 10 20 40] [--jobs 2]
 """
 
 from __future__ import annotations
