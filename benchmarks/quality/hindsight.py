@@ -17,14 +17,13 @@ test rows (scores of different files are on different scales), and its trailing 
 shipped defaults do. If no threshold meets both targets with hindsight, no label-free rule on
 this statistic can.
 
-    .venv/bin/python benchmarks/quality/hindsight.py [--windows 1 10 20 40] [--jobs 2]
+    .venv/bin/python benchmarks/quality/hindsight.py [--windows 1 10 20 40]
 """
 
 from __future__ import annotations
 
 import argparse
 import pathlib
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,7 +33,8 @@ import numpy.typing as npt
 import pandas as pd
 from detectors import make_detector
 from harness import StreamOutput
-from skab import run_skab
+
+from stream_ae.evaluation import classification_metrics
 
 F64 = npt.NDArray[np.float64]
 WARMUP = harness.SKAB_TRAIN_ROWS
@@ -53,11 +53,8 @@ class Rates:
 
 def rates(y: npt.NDArray[np.int64], flag: npt.NDArray[np.bool_]) -> Rates:
     """Pooled F1, FAR and MAR as SKAB's scorer counts them."""
-    tp = int((flag & (y == 1)).sum())
-    fp = int((flag & (y == 0)).sum())
-    fn = int((~flag & (y == 1)).sum())
-    return Rates(2 * tp / max(1, 2 * tp + fp + fn), 100 * fp / max(1, int((y == 0).sum())),
-                 100 * fn / max(1, int((y == 1).sum())))
+    m = classification_metrics(y, flag, flag)
+    return Rates(m.f1, 100 * m.fp / max(1, m.n - m.positives), 100 * m.fn / max(1, m.positives))
 
 
 def best_below_far(stat: F64, y: npt.NDArray[np.int64], far_max: float) -> float:
@@ -98,26 +95,31 @@ def stream_free(shared: pathlib.Path) -> StreamOutput:
     return make_detector("engine", [], 50).run(values, WARMUP, tuple(frame.columns))
 
 
+def stream_skab(shared: pathlib.Path
+                ) -> tuple[npt.NDArray[np.int64], list[F64], npt.NDArray[np.bool_]]:
+    """Each leaderboard file from a cold start (as ``skab.py`` streams it): the pooled test
+    labels, each file's test scores, the pooled test flags."""
+    ys, scores, flags = [], [], []
+    for f in harness.skab_files(shared):
+        out = make_detector("engine", [], 50).run(f.values, WARMUP, f.feature_names)
+        ys.append(f.labels[WARMUP:])
+        scores.append(out.scores[WARMUP:])
+        flags.append(out.is_anomaly[WARMUP:])
+    return np.concatenate(ys), scores, np.concatenate(flags)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, nargs="+", default=[1, 10, 20, 40])
-    ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--shared", help="the shared folder (default $STREAM_AE_SHARED or ../shared)")
     a = ap.parse_args(argv)
     shared = harness.shared_dir(a.shared)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = pathlib.Path(tmp)
-        run_skab(make_detector("engine", [], 50), shared, out, jobs=a.jobs)
-        files = harness.skab_files(shared)
-        preds = [pd.read_csv(out / f.rel) for f in files]
-    ys = [f.labels[WARMUP:] for f in files]
-    scores = [p["score"].to_numpy()[WARMUP:] for p in preds]
-    y = np.concatenate(ys)
-    shipped = rates(y, np.concatenate([p["is_anomaly"].to_numpy()[WARMUP:] for p in preds]) > 0)
+    y, scores, flags = stream_skab(shared)
+    shipped = rates(y, flags)
     free = stream_free(shared)
     free_scores, free_flags = free.scores[WARMUP:], free.is_anomaly[WARMUP:]
-    print(f"SKAB: {len(files)} files, {y.size:,} test rows; anomaly-free.csv: "
+    print(f"SKAB: {len(scores)} files, {y.size:,} test rows; anomaly-free.csv: "
           f"{free_scores.size:,} rows after its warm-up of {WARMUP}")
     print("| rule (one threshold for every file) | labels used | SKAB F1 / FAR / MAR "
           "| anomaly-free flagged per 100k |")
