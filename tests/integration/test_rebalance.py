@@ -137,17 +137,16 @@ class GroupWatch:
     offsets, who owns what, the last ownership events), and works around two bugs of the
     test broker (Tansu 0.6); against an external broker (Apache Kafka) it does neither.
 
-    * It can drop transactional offset commits (``commit_transaction`` succeeds, the
-      committed offset stays at an older transaction's; its ``txn_end`` applies a
+    * It can drop transactional offset commits: ``commit_transaction`` succeeds and the
+      committed offset stays at an older transaction's (its ``txn_end`` applies a
       transaction's offsets only when every other transaction that wrote to the same
       partitions, here the shared alerts and decisions topics, is in a prepared state, and
-      answers success either way, leaving them to a later commit that may never come):
-      once in ~30 runs here the two
-      partitions the replacement took over stayed at the killed member's last commit while
-      the replacement processed, committed and checkpointed them to the end (the same
-      failure as CI's: two partitions at 330 for 90 s). Progress is therefore the larger of
-      the committed offset and the live owners' positions (which move only after their
-      commit succeeded); the outputs and the final checkpoints are checked as before.
+      answers success either way). Once in ~30 runs here, as in CI (two partitions at 330
+      for 90 s), the two partitions the replacement took over stayed at the killed
+      member's last commit while the replacement processed, committed and checkpointed
+      them to the end. Progress is therefore the larger of the committed offset and the
+      live owners' positions (which move only after their commit succeeded); the outputs
+      and the final checkpoints are checked as before.
     * It may leave a partition without an owner after a rebalance (read from its
       coordinator: it answers a rejoining member with unchanged metadata from the current
       generation, gives the leader the last metadata of members that did not rejoin, and
@@ -173,10 +172,7 @@ class GroupWatch:
 
     def offsets(self) -> list[int]:
         """The group's committed offsets; on the test broker at least the live owners'
-        positions, which move only after ``commit_transaction`` succeeded: Tansu can drop
-        transactional offset commits (``committed()`` keeps an older transaction's offsets;
-        here, once, the partitions the replacement took over from the killed member stayed
-        at the killed member's last commit while the replacement committed to their end)."""
+        positions (see the class docstring)."""
         done = [max(o, 0) for o in committed(self.bootstrap, self.group, self.topic, PARTS)]
         if external_bootstrap():
             return done
@@ -225,7 +221,7 @@ class GroupWatch:
             c.subscribe([self.topic])
             deadline = time.monotonic() + 20
             while not c.assignment() and time.monotonic() < deadline:
-                c.poll(0.2)  # never returns records it keeps: nothing is committed
+                c.poll(0.2)  # what it polls is dropped; it commits nothing
         finally:
             c.close()
 
