@@ -141,21 +141,22 @@ class GroupWatch:
       committed offset stays at an older transaction's (its ``txn_end`` applies a
       transaction's offsets only when every other transaction that wrote to the same
       partitions, here the shared alerts and decisions topics, is in a prepared state, and
-      answers success either way). Once in ~30 runs here, as in CI (two partitions at 330
-      for 90 s), the two partitions the replacement took over stayed at the killed
-      member's last commit while the replacement processed, committed and checkpointed
-      them to the end. Progress is therefore the larger of the committed offset and the
-      live owners' positions (which move only after their commit succeeded); the outputs
-      and the final checkpoints are checked as before.
+      answers success either way). Diagnosed twice here: the two partitions the
+      replacement took over stayed at the killed member's last commit while it processed,
+      committed and checkpointed them to the end (CI's failure, two partitions at 330 for
+      90 s after the kill, has the same pattern); and during the first joins (range) a
+      live member checkpointed its two partitions at 300 while their committed offsets
+      stayed at 128 and none. Progress is therefore the larger of the committed offset
+      and the live owners' positions (which move only after their commit succeeded); the
+      outputs and the final checkpoints are checked as before.
     * It may leave a partition without an owner after a rebalance (read from its
       coordinator: it answers a rejoining member with unchanged metadata from the current
       generation, gives the leader the last metadata of members that did not rejoin, and
       drops a member whose session ended inside a join or sync without starting a
-      rebalance; one stall during the first joins, before any kill, was seen before these
-      waits said who owned what, so which bug it was is not known). A wait that finds
-      a partition unowned by every live member for ``ORPHAN_S`` seconds starts a rebalance
-      (a consumer joins the group and leaves) and counts it in ``nudges``, printed with the
-      figures.
+      rebalance; none of the stalls diagnosed so far was one). A wait that finds a
+      partition unowned by every live member for ``ORPHAN_S`` seconds starts a rebalance
+      (a consumer joins the group and leaves) and counts it in ``nudges``, printed with
+      the figures.
     """
 
     ORPHAN_S = 20.0
