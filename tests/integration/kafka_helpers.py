@@ -69,11 +69,12 @@ def produce(bootstrap: str, topic: str, partition: int, values: Sequence[bytes |
     assert p.flush(30) == 0
 
 
-def read_all(bootstrap: str, topic: str, partitions: int = 1, timeout: float = 30.0
-             ) -> list[Any]:
-    """Every committed message of ``topic`` (read_committed), read until each partition's end."""
+def read_all(bootstrap: str, topic: str, partitions: int = 1, timeout: float = 30.0,
+             isolation: str = "read_committed") -> list[Any]:
+    """Every committed message of ``topic`` (``isolation``: read_committed), read until each
+    partition's end."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}",
-                  "enable.partition.eof": True, "isolation.level": "read_committed",
+                  "enable.partition.eof": True, "isolation.level": isolation,
                   "enable.auto.commit": False, "fetch.queue.backoff.ms": 10})
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     out: list[Any] = []
