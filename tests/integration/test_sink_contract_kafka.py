@@ -59,12 +59,8 @@ def joined(kafka: KafkaConfig, members: list[KafkaGroupSource]) -> KafkaGroupSou
     raise AssertionError("the source was never assigned its partition")
 
 
-@pytest.mark.parametrize(("guarantee", "check"), [
-    pytest.param(g, c, marks=EMPTY_TXN) if (g, c.__name__) == (
-        "exactly_once", "check_offsets_are_committed_with_the_outputs") else (g, c)
-    for g, c in CASES], ids=[f"{g}-{c.__name__}" for g, c in CASES])
-def test_kafka_sink(guarantee: str, check: Callable[[Subject], None], bootstrap: str,
-                    tag: str, members: list[KafkaGroupSource]) -> None:
+def sink_topics(bootstrap: str, tag: str, guarantee: str) -> tuple[dict[str, str], KafkaConfig]:
+    """This test's input, alerts and dead-letter topics (created), and the sink's settings."""
     names = {k: f"{k}-{tag}" for k in ("in", "alerts", "dlq")}
     create_topics(bootstrap, dict.fromkeys(names.values(), 1))
     kafka = KafkaConfig(bootstrap_servers=bootstrap, group_id=f"g-{tag}",
@@ -72,6 +68,16 @@ def test_kafka_sink(guarantee: str, check: Callable[[Subject], None], bootstrap:
                         dead_letter_topic=names["dlq"], events_topic=None,
                         incidents_topic=None, guarantee=guarantee,  # type: ignore[arg-type]
                         transactional_id=f"tx-{tag}")
+    return names, kafka
+
+
+@pytest.mark.parametrize(("guarantee", "check"), [
+    pytest.param(g, c, marks=EMPTY_TXN) if (g, c.__name__) == (
+        "exactly_once", "check_offsets_are_committed_with_the_outputs") else (g, c)
+    for g, c in CASES], ids=[f"{g}-{c.__name__}" for g, c in CASES])
+def test_kafka_sink(guarantee: str, check: Callable[[Subject], None], bootstrap: str,
+                    tag: str, members: list[KafkaGroupSource]) -> None:
+    names, kafka = sink_topics(bootstrap, tag, guarantee)
 
     def make() -> KafkaSink:
         return KafkaSink(kafka, joined(kafka, members).committer())
@@ -105,13 +111,7 @@ def test_offsets_commit_while_another_instance_has_an_open_transaction(
         bootstrap: str, tag: str, members: list[KafkaGroupSource]) -> None:
     """Two instances share the alerts topic; one commits a batch with its offsets while the
     other's transaction, which wrote to that topic, is still open."""
-    names = {k: f"{k}-{tag}" for k in ("in", "alerts", "dlq")}
-    create_topics(bootstrap, dict.fromkeys(names.values(), 1))
-    kafka = KafkaConfig(bootstrap_servers=bootstrap, group_id=f"g-{tag}",
-                        input_topics=(names["in"],), alerts_topic=names["alerts"],
-                        dead_letter_topic=names["dlq"], events_topic=None,
-                        incidents_topic=None, guarantee="exactly_once",
-                        transactional_id=f"tx-{tag}")
+    names, kafka = sink_topics(bootstrap, tag, "exactly_once")
     other = KafkaSink(kafka.model_copy(update={"transactional_id": f"tx-{tag}-other"}))
     sink = KafkaSink(kafka, joined(kafka, members).committer())
     other.open()
