@@ -71,8 +71,8 @@ def produce(bootstrap: str, topic: str, partition: int, values: Sequence[bytes |
 
 def read_all(bootstrap: str, topic: str, partitions: int = 1, timeout: float = 30.0,
              isolation: str = "read_committed") -> list[Any]:
-    """Every committed message of ``topic`` (``isolation``: read_committed), read until each
-    partition's end."""
+    """Every message of ``topic`` a reader with ``isolation`` sees (read_committed: the
+    committed ones), read until each partition's end."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.time_ns()}",
                   "enable.partition.eof": True, "isolation.level": isolation,
                   "enable.auto.commit": False, "fetch.queue.backoff.ms": 10})
