@@ -168,7 +168,9 @@ class EmbeddedBroker:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(self.env or {})},
+            # Tansu logs only errors unless RUST_LOG says otherwise; its warnings (e.g. a
+            # transaction end it could not apply) belong in the log a failure points to
+            env={"RUST_LOG": "warn", **os.environ, **(self.env or {})},
             start_new_session=True,  # a Ctrl-C in the terminal must not kill it before us
         )
         try:

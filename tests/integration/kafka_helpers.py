@@ -111,7 +111,8 @@ def wait_committed(bootstrap: str, group: str, topic: str, ends: Sequence[int],
         if [max(o, 0) for o in committed(bootstrap, group, topic, len(ends))] == list(ends):
             return
         time.sleep(0.3)
-    raise AssertionError(f"offsets {committed(bootstrap, group, topic, len(ends))} != {ends}")
+    why = "" if alive() else " (the service stopped)"
+    raise AssertionError(f"offsets {committed(bootstrap, group, topic, len(ends))} != {ends}{why}")
 
 
 def offline_alert_offsets(settings: Settings, topic: str, partition: int,

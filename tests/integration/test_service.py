@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
+import structlog
 from kafka_helpers import (
     offline_alert_offsets,
     produce,
@@ -20,13 +21,21 @@ from kafka_helpers import (
     wait_committed,
 )
 from prometheus_client import CollectorRegistry
-from structlog.testing import capture_logs
+from structlog.testing import LogCapture, capture_logs
 
 from stream_ae.checkpoint import CheckpointStore
 from stream_ae.config import Settings
 from stream_ae.metrics import Health, MetricsServer, ServiceMetrics
 from stream_ae.schema import AlertMessage, DecisionMessage
 from stream_ae.service.main import engine_factory, kafka_loop
+
+
+def captured() -> list[dict[str, Any]]:
+    """The entries of the innermost ``capture_logs()`` around the caller (none outside one)."""
+    for proc in structlog.get_config()["processors"]:
+        if isinstance(proc, LogCapture):
+            return list(proc.entries)
+    return []
 
 
 @contextlib.contextmanager
@@ -49,6 +58,13 @@ def service(settings: Settings, decisions: str | None) -> Iterator[tuple[threadi
     thread.start()
     try:
         yield thread, port
+    except BaseException as exc:
+        # a wait that timed out says why: did the service fail, or did it process past
+        # what the broker shows committed (the test broker can drop a transaction's offsets)?
+        exc.add_note(f"service thread alive: {thread.is_alive()}; errors: {errors!r}; "
+                     f"positions: {runner.positions()}; warnings and errors logged: "
+                     f"{[e for e in captured() if e.get('log_level') in ('warning', 'error')][-10:]}")
+        raise
     finally:
         stop.set()
         thread.join(30)
@@ -72,8 +88,9 @@ def test_alerts_equal_offline_engine_and_metrics_are_served(
     data = {p: records(1200, seed=p, partition=p)[0] for p in (0, 1)}
     for p, values in data.items():
         produce(bootstrap, topics["in"], p, values, [f"dev-{p}".encode()] * len(values))
-    with capture_logs(), service(settings, topics["decisions"]) as (_, port):
-        wait_committed(bootstrap, settings.kafka.group_id, topics["in"], [1200, 1200])
+    with capture_logs(), service(settings, topics["decisions"]) as (thread, port):
+        wait_committed(bootstrap, settings.kafka.group_id, topics["in"], [1200, 1200],
+                       alive=thread.is_alive)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
         ready = urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz").status
     alerts = [AlertMessage.model_validate_json(m.value()) for m in read_all(bootstrap,
