@@ -61,9 +61,10 @@ def service(settings: Settings, decisions: str | None) -> Iterator[tuple[threadi
     except BaseException as exc:
         # a wait that timed out says why: did the service fail, or did it process past
         # what the broker shows committed (the test broker can drop a transaction's offsets)?
+        warned = [e for e in captured() if e.get("log_level") in ("warning", "error")]
         exc.add_note(f"service thread alive: {thread.is_alive()}; errors: {errors!r}; "
                      f"positions: {runner.positions()}; warnings and errors logged: "
-                     f"{[e for e in captured() if e.get('log_level') in ('warning', 'error')][-10:]}")
+                     f"{warned[-10:]}")
         raise
     finally:
         stop.set()
