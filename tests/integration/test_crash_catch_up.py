@@ -3,9 +3,9 @@ backlog, and while its transactions are open; restart it after each kill.
 
 * **Catch-up**: 160,000 records are produced before the service first starts; it is killed
   at committed-offset progress marks (each kill must find a backlog left, and progress since
-  the previous kill), and once within a second of a restart, while it replays from its
-  checkpoints up to the committed offsets (no commit may have happened since the previous
-  kill).
+  the previous kill), and once the moment a restart's partitions are ready, while it
+  replays ~24k records from its checkpoints up to the committed offsets (no commit may have
+  happened since the previous kill).
 * **Open transactions**: the stream arrives in bursts, each with 40 invalid messages of
   400 kB early on (their batch's transaction writes 16 MB of dead letters after its
   alerts), and the service is killed the moment a ``read_uncommitted`` reader sees alerts
